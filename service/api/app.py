@@ -1,0 +1,54 @@
+"""The FastAPI application."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.api import errors
+from service.api.predictor import ModelCache
+from service.api.routers import health, jobs, models, predict, train
+from service.db import get_engine
+from service.settings import Settings, get_settings
+from worker.celery_app import make_celery
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """
+Train Keras models from a JSON spec and serve them.
+
+1. `POST /train` a Sequential model, its optimizer, loss and metrics, a dataset and fit options → a job id.
+2. `GET /jobs/{job_id}` shows its status, progress and one history row per finished epoch.
+3. `POST /predict` with the finished job's `model_id`; `GET /models/{model_id}/summary` is `model.summary()`.
+
+Every error has the same shape: `{"error": {"type", "message", "errors": [{"path", "loc", "message"}]}}`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        get_engine(settings.database_url)  # creates the tables on first use
+        settings.store_dir.mkdir(parents=True, exist_ok=True)
+        if not settings.redis_url:
+            log.warning("TRAINSERVE_REDIS_URL is not set: jobs cannot be queued")
+        yield
+
+    app = FastAPI(
+        title="TrainServe",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.celery = make_celery(settings)
+    app.state.model_cache = ModelCache(settings.store_dir, settings.predict_cache_size)
+    errors.install(app)
+    for module in (train, jobs, models, predict, health):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,64 @@
+"""Trained models: records, Keras summaries and the .keras files."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+from fastapi.responses import FileResponse
+
+from service import jobs
+from service.api.deps import SessionDep, SettingsDep
+from service.api.errors import ApiError, not_found, responses
+from service.api.schemas import ModelList, ModelRead, ModelSummary
+from service.db import ModelRow
+from service.store import StoreError, verified_path
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+ModelId = Annotated[str, Path(description="Model id, from a succeeded job.", max_length=64)]
+
+
+def _model(session: SessionDep, model_id: str) -> ModelRow:
+    row = jobs.get_model(session=session, model_id=model_id)
+    if row is None:
+        raise not_found("model", model_id)
+    return row
+
+
+@router.get("", response_model=ModelList, responses=responses(422))
+def list_models(
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> ModelList:
+    """Models, newest first."""
+    rows, count = jobs.list_models(session=session, limit=limit, offset=offset)
+    return ModelList(data=[ModelRead.from_row(row) for row in rows], count=count)
+
+
+@router.get("/{model_id}", response_model=ModelRead, responses=responses(404))
+def get_model(model_id: ModelId, session: SessionDep) -> ModelRead:
+    return ModelRead.from_row(_model(session, model_id))
+
+
+@router.get("/{model_id}/summary", response_model=ModelSummary, responses=responses(404))
+def get_summary(model_id: ModelId, session: SessionDep) -> ModelSummary:
+    """The model as Keras' `model.summary()` describes it: per-layer output shapes and parameter counts, the
+    totals, and the printed table itself (taken by the worker from the model it trained)."""
+    return ModelSummary.model_validate(_model(session, model_id).summary)
+
+
+@router.get(
+    "/{model_id}/download",
+    response_class=FileResponse,
+    responses={**responses(404, 500), 200: {"content": {"application/octet-stream": {}}}},
+)
+def download(model_id: ModelId, session: SessionDep, settings: SettingsDep) -> FileResponse:
+    """The trained model as a `.keras` file, for `keras.models.load_model`."""
+    row = _model(session, model_id)
+    try:
+        path = verified_path(settings.store_dir, row.id, row.sha256)
+    except StoreError as exc:
+        raise ApiError(500, "store_error", str(exc)) from exc
+    return FileResponse(path, media_type="application/octet-stream", filename=f"{row.id}.keras")

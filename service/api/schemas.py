@@ -1,0 +1,157 @@
+"""Response bodies and the predict request."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.db import JobRow, JobStatus, ModelRow
+
+
+class JobCreated(BaseModel):
+    job_id: str
+    status: JobStatus
+
+
+class Progress(BaseModel):
+    epoch: int = Field(description="Epochs finished so far.")
+    epochs: int = Field(description="Epochs requested.")
+
+
+class JobError(BaseModel):
+    type: str = Field(examples=["DatasetUnavailable"])
+    message: str
+
+
+class JobRead(BaseModel):
+    job_id: str
+    name: str | None
+    status: JobStatus
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    attempts: int
+    progress: Progress
+    history: list[dict[str, Any]] = Field(
+        description="One row per finished epoch: epoch, loss, every metric and the val_* ones."
+    )
+    evaluation: dict[str, Any] | None = Field(description="Metrics on the held-out split, when there is one.")
+    model_id: str | None
+    error: JobError | None
+    spec: dict[str, Any]
+
+    @classmethod
+    def from_row(cls, job: JobRow, history: list[dict[str, Any]]) -> JobRead:
+        error = JobError(type=job.error_type, message=job.error_message or "") if job.error_type else None
+        return cls(
+            job_id=job.id,
+            name=job.name,
+            status=JobStatus(job.status),
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            attempts=job.attempts,
+            progress=Progress(epoch=job.epoch, epochs=job.epochs),
+            history=history,
+            evaluation=job.evaluation,
+            model_id=job.model_id,
+            error=error,
+            spec=job.spec,
+        )
+
+
+class JobList(BaseModel):
+    data: list[JobRead]
+    count: int = Field(description="Jobs matching the filter, over all pages.")
+
+
+class ModelRead(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_id: str
+    name: str
+    job_id: str
+    created_at: datetime
+    spec: dict[str, Any]
+    dataset: dict[str, Any]
+    input_shape: list[int]
+    class_names: list[str] | None
+    metrics: dict[str, Any] = Field(description="The last epoch's loss and metrics.")
+    evaluation: dict[str, Any] | None = Field(description="Metrics on the held-out split, when there is one.")
+    total_params: int
+    keras_names: dict[str, Any] = Field(
+        description="Model and layer names inside the .keras file; names TensorFlow cannot run under "
+        "(spaces, non-ASCII) are stored in an ASCII form."
+    )
+    sha256: str
+    size_bytes: int
+
+    @classmethod
+    def from_row(cls, row: ModelRow) -> ModelRead:
+        return cls(
+            model_id=row.id,
+            name=row.name,
+            job_id=row.job_id,
+            created_at=row.created_at,
+            spec=row.spec,
+            dataset=row.dataset,
+            input_shape=row.input_shape,
+            class_names=row.class_names,
+            metrics=row.metrics,
+            evaluation=row.evaluation,
+            total_params=row.summary["total_params"],
+            keras_names=row.keras_names,
+            sha256=row.sha256,
+            size_bytes=row.size_bytes,
+        )
+
+
+class ModelList(BaseModel):
+    data: list[ModelRead]
+    count: int
+
+
+class LayerSummary(BaseModel):
+    name: str
+    type: str = Field(examples=["Dense"])
+    output_shape: list[int | None] = Field(examples=[[None, 100]])
+    params: int
+
+
+class ModelSummary(BaseModel):
+    name: str
+    layers: list[LayerSummary]
+    total_params: int
+    trainable_params: int
+    non_trainable_params: int
+    text: str = Field(description="What Keras' model.summary() prints for this model.")
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        protected_namespaces=(),
+        json_schema_extra={"examples": [{"model_id": "3f2a9c1e5b7d4e8f9a0b1c2d3e4f5a6b", "instances": [[0.0] * 4]}]},
+    )
+
+    model_id: str = Field(description="Id of a trained model.")
+    instances: list[Any] = Field(
+        min_length=1,
+        description="Inputs, one per row, each of the model's input shape, in the dataset's units.",
+    )
+
+
+class PredictResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_id: str
+    predictions: list[list[float]] = Field(description="The model's outputs, one row per instance.")
+    classes: list[int] = Field(description="The predicted class of each instance.")
+    labels: list[str] | None = Field(default=None, description="Class names, when the dataset has them.")
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,168 @@
+"""Built-in datasets: what each one is (known without loading it) and how the worker loads it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    source: Literal["scikit-learn", "keras"]
+    input_shape: tuple[int, ...]
+    num_classes: int
+    class_names: tuple[str, ...] | None
+    description: str
+    # keras.datasets files under Keras' cache directory; empty for datasets shipped inside a package.
+    cache_files: tuple[str, ...] = field(default=())
+
+
+BUILTIN_DATASETS: dict[str, DatasetInfo] = {
+    info.name: info
+    for info in (
+        DatasetInfo("digits", "scikit-learn", (8, 8), 10, None, "1,797 handwritten digits as 8×8 images, 0–16."),
+        DatasetInfo(
+            "iris",
+            "scikit-learn",
+            (4,),
+            3,
+            ("setosa", "versicolor", "virginica"),
+            "150 irises, 4 measurements.",
+        ),
+        DatasetInfo(
+            "wine",
+            "scikit-learn",
+            (13,),
+            3,
+            ("class_0", "class_1", "class_2"),
+            "178 wines, 13 chemical features.",
+        ),
+        DatasetInfo(
+            "breast_cancer",
+            "scikit-learn",
+            (30,),
+            2,
+            ("malignant", "benign"),
+            "569 tumours, 30 features.",
+        ),
+        DatasetInfo(
+            "mnist",
+            "keras",
+            (28, 28),
+            10,
+            None,
+            "70,000 handwritten digits as 28×28 images, 0–255.",
+            ("datasets/mnist.npz",),
+        ),
+        DatasetInfo(
+            "fashion_mnist",
+            "keras",
+            (28, 28),
+            10,
+            FASHION_MNIST_CLASSES,
+            "70,000 clothing images as 28×28 grey levels, 0–255.",
+            tuple(
+                f"datasets/fashion-mnist/{f}"
+                for f in (
+                    "train-labels-idx1-ubyte.gz",
+                    "train-images-idx3-ubyte.gz",
+                    "t10k-labels-idx1-ubyte.gz",
+                    "t10k-images-idx3-ubyte.gz",
+                )
+            ),
+        ),
+        DatasetInfo(
+            "cifar10",
+            "keras",
+            (32, 32, 3),
+            10,
+            CIFAR10_CLASSES,
+            "60,000 colour images as 32×32×3, 0–255.",
+            ("datasets/cifar-10-batches-py",),
+        ),
+    )
+}
+
+FloatArray = npt.NDArray[np.float32]
+IntArray = npt.NDArray[np.int64]
+
+
+class DatasetUnavailableError(Exception):
+    """The dataset cannot be loaded here (not cached and not downloadable)."""
+
+
+@dataclass
+class LoadedDataset:
+    x_train: FloatArray
+    y_train: IntArray
+    x_test: FloatArray | None
+    y_test: IntArray | None
+
+
+def keras_home(cache: Path | None) -> Path:
+    """Keras' cache directory: the setting, else KERAS_HOME, else ~/.keras (as Keras itself decides)."""
+    if cache is not None:
+        return cache
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
+
+
+def is_available_offline(info: DatasetInfo, cache: Path | None) -> bool:
+    home = keras_home(cache)
+    return all((home / f).exists() for f in info.cache_files)
+
+
+def load_builtin(info: DatasetInfo) -> LoadedDataset:
+    """Load a built-in dataset as float32 inputs and integer class labels.
+
+    scikit-learn's datasets come without a test split; keras.datasets come with theirs.
+    """
+    if info.source == "scikit-learn":
+        from sklearn import datasets as skd
+
+        loaders = {
+            "digits": skd.load_digits,
+            "iris": skd.load_iris,
+            "wine": skd.load_wine,
+            "breast_cancer": skd.load_breast_cancer,
+        }
+        bunch = loaders[info.name]()
+        x = bunch.images if info.name == "digits" else bunch.data
+        return LoadedDataset(x.astype(np.float32), bunch.target.astype(np.int64), None, None)
+
+    # Keras reads KERAS_HOME when it is imported; the worker sets it from the settings before that.
+    from keras import datasets as kd
+
+    module = {"mnist": kd.mnist, "fashion_mnist": kd.fashion_mnist, "cifar10": kd.cifar10}[info.name]
+    try:
+        (x_train, y_train), (x_test, y_test) = module.load_data()
+    except Exception as exc:
+        raise DatasetUnavailableError(
+            f"dataset {info.name!r} is not in the Keras cache ({keras_home(None) / 'datasets'}) "
+            f"and could not be downloaded: {exc}"
+        ) from exc
+    return LoadedDataset(
+        x_train.astype(np.float32),
+        y_train.reshape(-1).astype(np.int64),
+        x_test.astype(np.float32),
+        y_test.reshape(-1).astype(np.int64),
+    )

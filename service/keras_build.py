@@ -1,0 +1,194 @@
+"""Keras from a spec: build, dry-build against a dataset, compile and summarise.
+
+The API dry-builds every request before queueing it, and the worker builds the model it fits with the same
+functions, so a spec that passes the API is the model the worker trains. Importing this module loads TensorFlow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+
+from service.datasets import DatasetInfo
+from service.spec import CompileSpec, DenseLayer, ModelSpec, TrainRequest
+
+Path = tuple[str | int, ...]
+
+
+class SpecError(Exception):
+    """A spec Keras cannot build, or one that does not fit its dataset; each problem has its JSON path."""
+
+    def __init__(self, problems: list[tuple[Path, str]]) -> None:
+        super().__init__("; ".join(message for _, message in problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class DryBuild:
+    total_params: int
+    output_shape: tuple[int | None, ...]
+
+
+# TensorFlow opens a name scope per model and layer while it runs them, and its scope names allow only these.
+_TF_SCOPE_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.>-]*$")
+
+
+def runnable_name(name: str) -> str:
+    """A name TensorFlow can run under: the name itself when it can, else an ASCII form plus a short hash."""
+    if _TF_SCOPE_NAME.fullmatch(name):
+        return name
+    ascii_part = re.sub(r"[^A-Za-z0-9_.>-]+", "_", name).strip("_.>-")
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    return f"{ascii_part}_{digest}" if ascii_part else f"n_{digest}"
+
+
+def build_model(spec: ModelSpec, names: Sequence[str] | None = None, model_name: str | None = None) -> keras.Sequential:
+    """A Sequential model from the spec, built layer by layer so a failure names the layer that caused it.
+
+    ``names``/``model_name`` replace the spec's names: the worker trains under names TensorFlow accepts
+    (see ``runnable_copy``) while summaries and records keep the user's own.
+    """
+    model = keras.Sequential(name=model_name or spec.name)
+    model.add(keras.Input(shape=tuple(spec.input_shape)))
+    shape: list[int | None] = [None, *spec.input_shape]
+    for index, layer_spec in enumerate(spec.layers):
+        path: Path = ("model", "layers", index)
+        if names is not None:
+            layer_spec = layer_spec.model_copy(update={"name": names[index]})
+        try:
+            layer = layer_spec.build()
+        except (ValueError, TypeError) as exc:
+            raise SpecError([(path, f"Keras cannot create this {layer_spec.type} layer: {exc}")]) from exc
+        try:
+            model.add(layer)
+        except (ValueError, TypeError) as exc:
+            raise SpecError(
+                [
+                    (
+                        path,
+                        f"{layer_spec.type} layer cannot take its input of shape {shape}: {_first_line(exc)}",
+                    )
+                ]
+            ) from exc
+        shape = _shape(model.outputs[0].shape)
+    return model
+
+
+def runnable_copy(spec: ModelSpec, display: keras.Sequential) -> keras.Sequential:
+    """The same architecture as ``display`` (built from ``spec``), under names TensorFlow can run.
+
+    Keras on TensorFlow cannot fit or call a model whose model or layer names hold spaces or non-ASCII
+    characters (``'패션 MNIST 모델' is not a valid root scope name``), though it builds and summarises it.
+    """
+    return build_model(
+        spec,
+        names=[runnable_name(layer.name) for layer in display.layers],
+        model_name=runnable_name(display.name),
+    )
+
+
+def dry_build(request: TrainRequest, info: DatasetInfo) -> DryBuild:
+    """Build the model as the worker will and check it against the dataset, without training anything."""
+    problems: list[tuple[Path, str]] = []
+    if tuple(request.model.input_shape) != info.input_shape:
+        problems.append(
+            (
+                ("model", "input_shape"),
+                f"input_shape {list(request.model.input_shape)} does not match dataset {info.name!r}, "
+                f"whose samples have shape {list(info.input_shape)}",
+            )
+        )
+        raise SpecError(problems)
+    model = build_model(request.model)
+    output_shape = tuple(model.outputs[0].shape)
+    last: Path = ("model", "layers", len(request.model.layers) - 1)
+    if isinstance(request.model.layers[-1], DenseLayer):
+        last = (*last, "units")
+    problem = check_output(request.compile, output_shape, info)
+    if problem:
+        raise SpecError([(last, problem)])
+    return DryBuild(total_params=model.count_params(), output_shape=output_shape)
+
+
+def check_output(compile_spec: CompileSpec, output_shape: tuple[int | None, ...], info: DatasetInfo) -> str | None:
+    """Why the model's output cannot be trained against the dataset's labels with this loss, or None."""
+    if len(output_shape) != 2:
+        return (
+            f"the model's output has shape {_shape(output_shape)}; a classifier needs (batch, classes): "
+            f"end with a flatten and a dense layer"
+        )
+    units = output_shape[1]
+    encoding = compile_spec.label_encoding
+    if encoding == "binary":
+        if info.num_classes != 2:
+            return (
+                f"loss {compile_spec.loss!r} is for two classes but dataset {info.name!r} has {info.num_classes}; "
+                f"use sparse_categorical_crossentropy"
+            )
+        if units != 1:
+            return f"loss {compile_spec.loss!r} needs 1 output unit, the last layer has {units}"
+        return None
+    if units != info.num_classes:
+        return (
+            f"the last layer has {units} units but dataset {info.name!r} has {info.num_classes} classes; "
+            f"set units to {info.num_classes}"
+        )
+    return None
+
+
+def compile_model(model: keras.Model, spec: CompileSpec) -> None:
+    model.compile(optimizer=spec.optimizer.build(), loss=spec.loss, metrics=spec.build_metrics())
+
+
+def encode_labels(y: np.ndarray[Any, Any], spec: CompileSpec, num_classes: int) -> np.ndarray[Any, Any]:
+    """Integer class labels as the loss expects them: integers, 0/1 floats or one-hot rows."""
+    if spec.label_encoding == "sparse":
+        return y.astype(np.int64)
+    if spec.label_encoding == "binary":
+        return y.astype(np.float32).reshape(-1, 1)
+    one_hot: np.ndarray[Any, Any] = np.eye(num_classes, dtype=np.float32)[y]
+    return one_hot
+
+
+def summarize(model: keras.Model) -> dict[str, Any]:
+    """What ``model.summary()`` prints, as text and as numbers taken from the same model."""
+    printed: list[str] = []
+    model.summary(print_fn=lambda text, **_: printed.append(text))
+    trainable = _count(model.trainable_weights)
+    non_trainable = _count(model.non_trainable_weights)
+    return {
+        "name": model.name,
+        "layers": [
+            {
+                "name": layer.name,
+                "type": type(layer).__name__,
+                "output_shape": _shape(layer.output.shape),
+                "params": layer.count_params(),
+            }
+            for layer in model.layers
+        ],
+        "total_params": trainable + non_trainable,
+        "trainable_params": trainable,
+        "non_trainable_params": non_trainable,
+        "text": "".join(printed),
+    }
+
+
+def _count(weights: list[Any]) -> int:
+    unique = {id(w): w for w in weights}
+    return sum(int(np.prod(w.shape)) for w in unique.values())
+
+
+def _shape(shape: Any) -> list[int | None]:
+    return [None if d is None else int(d) for d in shape]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,71 @@
+"""Settings, read once from ``TRAINSERVE_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Each field is the environment variable ``TRAINSERVE_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="TRAINSERVE_", extra="ignore")
+
+    home: Path = Field(
+        default=Path("trainserve-data"),
+        description="Data directory: the SQLite database, the model store and the embedded Redis live here.",
+    )
+    database_url: str = Field(
+        default="",
+        description="SQLAlchemy URL of the job/model database. Empty means a SQLite file in `home`.",
+    )
+    redis_url: str = Field(
+        default="",
+        description="Broker URL (redis://host:port/db). Required by `api` and `worker`; "
+        "`serve` starts a private Redis when it is empty.",
+    )
+    model_store: Path | None = Field(
+        default=None,
+        description="Directory of trained `.keras` files, shared by the API and every worker. Default `home/models`.",
+    )
+    keras_cache: Path | None = Field(
+        default=None,
+        description="Keras' cache directory (KERAS_HOME) where keras.datasets files are looked for. "
+        "Default: Keras' own (~/.keras).",
+    )
+    queue: str = Field(default="trainserve", description="Celery queue the training jobs go to.")
+    worker_concurrency: int = Field(
+        default=1, ge=1, description="Training processes per worker (each keeps TensorFlow loaded)."
+    )
+    job_time_limit: int = Field(
+        default=3600, ge=10, description="Seconds one training job may run before it fails with `timeout`."
+    )
+    predict_cache_size: int = Field(default=8, ge=1, description="Loaded models kept in memory by the API.")
+    log_level: str = Field(default="INFO", description="Log level of the API and the worker.")
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> Settings:
+        self.home = self.home.expanduser().resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.home / 'trainserve.db'}"
+        if self.model_store is None:
+            self.model_store = self.home / "models"
+        return self
+
+    @property
+    def store_dir(self) -> Path:
+        assert self.model_store is not None  # filled by the validator
+        return self.model_store
+
+    @property
+    def visibility_timeout(self) -> int:
+        """Redis redelivers an unacknowledged message after this many seconds: keep it past any job's end."""
+        return self.job_time_limit + 600
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

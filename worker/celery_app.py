@@ -1,0 +1,62 @@
+"""The Celery application. Importing it never loads TensorFlow: the Celery parent process forks pool children,
+and each child loads TensorFlow once (at ``worker_process_init``) and keeps it for every job it runs."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from service.settings import Settings, get_settings
+
+TRAIN_TASK = "trainserve.train"
+
+log = logging.getLogger(__name__)
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("trainserve")
+    app.conf.update(
+        broker_url=settings.redis_url or None,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        # The database holds every job's state and outcome; Celery only carries the job id.
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_default_queue=settings.queue,
+        # A message is acknowledged only once its job has ended, and one job at a time per pool process.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_concurrency=settings.worker_concurrency,
+        task_soft_time_limit=settings.job_time_limit,
+        task_time_limit=settings.job_time_limit + 60,
+        task_publish_retry_policy={
+            "max_retries": 3,
+            "interval_start": 0,
+            "interval_step": 0.5,
+            "interval_max": 1,
+        },
+        worker_hijack_root_logger=False,
+        imports=["worker.tasks"],
+    )
+    return app
+
+
+app = make_celery(get_settings())
+
+
+@worker_process_init.connect
+def _load_tensorflow(**_: Any) -> None:
+    """Import Keras (and TensorFlow) once in each pool child, before its first job arrives."""
+    settings = get_settings()
+    if settings.keras_cache is not None:
+        os.environ["KERAS_HOME"] = str(settings.keras_cache)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    log.info("pool process %d ready with Keras %s", os.getpid(), keras.__version__)
