@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import redis
 import uvicorn
@@ -105,10 +106,13 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
-def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
+def start_worker(env: dict[str, str], output: IO[bytes] | None = None) -> subprocess.Popen[bytes]:
+    """`trainserve worker` as a child process (its own process group, so it can be stopped as a whole)."""
     return subprocess.Popen(
         [sys.executable, "-m", "service.cli", "worker"],
         env=env,
+        stdout=output,
+        stderr=None if output is None else subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
         preexec_fn=_die_with_parent,

@@ -43,7 +43,7 @@ def _request(dataset: str, activation: str, optimizer: Any, label: str) -> dict[
         "name": f"{dataset} {label}",
         "model": {
             "name": d["model_name"],
-            "input_shape": d["input_shape"],
+            "input_shape": list(d["input_shape"]),
             "layers": [
                 {"type": "flatten"},
                 {"type": "dense", "units": 100, "activation": activation, "name": "hidden"},
@@ -55,7 +55,7 @@ def _request(dataset: str, activation: str, optimizer: Any, label: str) -> dict[
             "loss": "sparse_categorical_crossentropy",
             "metrics": ["accuracy"],
         },
-        "dataset": d["dataset"],
+        "dataset": dict(d["dataset"]),
         "fit": {"epochs": d["epochs"], "batch_size": 32, "validation_split": 0.2, "seed": 42},
     }
 

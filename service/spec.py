@@ -114,11 +114,7 @@ def _one_of(kind: str, known: tuple[str, ...]) -> AfterValidator:
 
 def _keras_name(value: str) -> str:
     if "/" in value:
-        raise PydanticCustomError(
-            "invalid_name",
-            "names may be any text except '/', which Keras reserves; received {value!r}",
-            {"value": value},
-        )
+        raise PydanticCustomError("invalid_name", "names may be any text except '/', which Keras reserves")
     return value
 
 

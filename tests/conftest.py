@@ -1,0 +1,148 @@
+"""Real parts for the tests: a throwaway Redis server, a Celery worker process, the HTTP app, files on disk."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.embedded import free_port, start_redis, start_worker, stop_process
+from service.settings import Settings
+
+FINISHED = {"succeeded", "failed", "cancelled"}
+
+
+def write_fashion_mnist_cache(keras_home: Path, train: int = 600, test: int = 100, seed: int = 0) -> None:
+    """A small Fashion-MNIST in Keras' own cache layout (gzip'd IDX files), so that keras.datasets.fashion_mnist
+    loads it offline. Class k is a bright horizontal band at rows 2k..2k+3 over noise: learnable in a few epochs."""
+    rng = np.random.default_rng(seed)
+    folder = keras_home / "datasets" / "fashion-mnist"
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, count in (("train", train), ("t10k", test)):
+        labels = (np.arange(count) % 10).astype(np.uint8)
+        rng.shuffle(labels)
+        images = rng.integers(0, 60, size=(count, 28, 28), dtype=np.uint8)
+        for i, label in enumerate(labels):
+            images[i, 2 * label + 4 : 2 * label + 8, :] = 230
+        with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
+            f.write(b"\x00\x00\x08\x01" + count.to_bytes(4, "big") + labels.tobytes())
+        with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
+            header = b"\x00\x00\x08\x03" + count.to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+            f.write(header + images.tobytes())
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    process = start_redis(tmp_path_factory.mktemp("redis"), port)
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        stop_process(process)
+
+
+@pytest.fixture(scope="session")
+def keras_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("keras-home")
+    write_fashion_mnist_cache(home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory: pytest.TempPathFactory, redis_url: str, keras_cache: Path) -> Settings:
+    return Settings(
+        home=tmp_path_factory.mktemp("trainserve-home"),
+        redis_url=redis_url,
+        keras_cache=keras_cache,
+        queue=f"test-{os.getpid()}",
+    )
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    return {
+        **os.environ,
+        "TRAINSERVE_HOME": str(settings.home),
+        "TRAINSERVE_REDIS_URL": settings.redis_url,
+        "TRAINSERVE_DATABASE_URL": settings.database_url,
+        "TRAINSERVE_MODEL_STORE": str(settings.store_dir),
+        "TRAINSERVE_KERAS_CACHE": str(settings.keras_cache),
+        "TRAINSERVE_QUEUE": settings.queue,
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+
+
+def wait_for_log(path: Path, text: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text(errors="replace"):
+            return
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode}:\n{path.read_text(errors='replace')}")
+        time.sleep(0.1)
+    raise TimeoutError(f"{text!r} not in {path} after {timeout} s:\n{path.read_text(errors='replace')}")
+
+
+class WorkerProcess:
+    def __init__(self, process: subprocess.Popen[bytes], log: Path) -> None:
+        self.process = process
+        self.log = log
+
+
+@pytest.fixture(scope="session")
+def worker(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    """A real `trainserve worker` (Celery, prefork pool) consuming the test queue."""
+    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    with log.open("wb") as out:
+        process = start_worker(settings_env(settings), out)
+    try:
+        wait_for_log(log, " ready.", process)
+        yield WorkerProcess(process, log)
+    finally:
+        stop_process(process)
+
+
+@pytest.fixture(scope="session")
+def client(settings: Settings, worker: WorkerProcess) -> Iterator[TestClient]:
+    from service.api.app import create_app
+
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def wait_for_job(client: TestClient, job_id: str, timeout: float = 180) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = client.get(f"/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        job: dict[str, Any] = response.json()
+        if job["status"] in FINISHED:
+            return job
+        time.sleep(0.2)
+    raise TimeoutError(f"job {job_id} did not finish in {timeout} s")
+
+
+def train(client: TestClient, body: dict[str, Any]) -> dict[str, Any]:
+    response = client.post("/train", json=body)
+    assert response.status_code == 202, response.text
+    return wait_for_job(client, response.json()["job_id"])
+
+
+def chapter_request(
+    dataset: str = "digits", activation: str = "relu", optimizer: Any = "adam", epochs: int = 3
+) -> dict[str, Any]:
+    """The chapter's Flatten → Dense(100) → Dense(10, softmax) model, as a request body."""
+    from service.examples import chapter_examples
+
+    suffix = "sigmoid" if activation == "sigmoid" else "relu_adam"
+    body = chapter_examples()[f"{dataset}_{suffix}"]
+    body["compile"]["optimizer"] = optimizer
+    body["fit"]["epochs"] = epochs
+    return body

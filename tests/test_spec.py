@@ -1,0 +1,227 @@
+"""The spec: validation errors with JSON paths, the dry build, and the Keras objects it maps to."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, get_args
+
+import keras
+import pytest
+from fastapi.testclient import TestClient
+
+from service.examples import chapter_examples
+from service.keras_build import build_model, runnable_name
+from service.spec import ACTIVATIONS, METRICS, OPTIMIZER_TYPES, CompileSpec, TrainRequest
+from tests.conftest import chapter_request, wait_for_job
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def errors_of(response: Any) -> dict[str, str]:
+    assert response.status_code == 422, response.text
+    body = response.json()["error"]
+    assert body["type"] == "validation_error"
+    return {e["path"]: e["message"] for e in body["errors"]}
+
+
+def test_sigmod_typo_from_the_chapter_gets_a_suggestion(client: TestClient) -> None:
+    body = chapter_request()
+    body["model"]["layers"][1]["activation"] = "sigmod"
+    errors = errors_of(client.post("/train", json=body))
+    assert errors == {"model.layers[1].activation": "unknown activation 'sigmod'; did you mean 'sigmoid'?"}
+
+
+def test_every_problem_is_listed_with_its_path(client: TestClient) -> None:
+    body = chapter_request()
+    body["model"]["layers"][2]["units"] = 0
+    body["model"]["layers"][0] = {"type": "dens", "units": 3}
+    body["compile"]["optimizer"] = {"type": "sgd", "momentum": 1.5}
+    body["compile"]["metrics"] = ["acuracy"]
+    body["fit"]["epochs"] = 0
+    body["fit"]["verbose"] = 1
+    del body["model"]["input_shape"]
+    errors = errors_of(client.post("/train", json=body))
+    assert errors["model.layers[0].type"] == "unknown layer type 'dens'; did you mean 'dense'?"
+    assert errors["model.layers[2].units"].startswith("Input should be greater than or equal to 1 (received 0)")
+    assert errors["compile.optimizer.momentum"] == "Input should be less than 1 (received 1.5)"
+    assert errors["compile.metrics[0]"] == "unknown metric 'acuracy'; did you mean 'accuracy'?"
+    assert errors["fit.epochs"].startswith("Input should be greater than or equal to 1")
+    assert errors["fit.verbose"] == "unknown field 'verbose'"
+    assert errors["model.input_shape"] == "field required"
+    assert len(errors) == 7
+
+
+def test_unknown_optimizer_loss_and_dataset_names(client: TestClient) -> None:
+    body = chapter_request(optimizer="adamm")
+    body["compile"]["loss"] = "sparse_categorical_crossentropi"
+    body["dataset"]["name"] = "fashion-mnist"
+    errors = errors_of(client.post("/train", json=body))
+    assert errors["compile.optimizer.type"] == "unknown optimizer 'adamm'; did you mean 'adam'?"
+    assert errors["compile.loss"] == (
+        "unknown loss 'sparse_categorical_crossentropi'; did you mean 'sparse_categorical_crossentropy'?"
+    )
+    assert errors["dataset.name"] == "unknown dataset 'fashion-mnist'; did you mean 'fashion_mnist'?"
+
+
+def test_malformed_json_is_a_422(client: TestClient) -> None:
+    response = client.post("/train", content=b'{"model": ', headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert "not valid JSON" in response.json()["error"]["message"]
+
+
+def test_shape_errors_are_caught_before_queueing(client: TestClient) -> None:
+    body = chapter_request()
+    body["model"]["layers"].insert(0, {"type": "conv2d", "filters": 8})
+    errors = errors_of(client.post("/train", json=body))
+    assert list(errors) == ["model.layers[0]"]
+    assert errors["model.layers[0]"].startswith("conv2d layer cannot take its input of shape [None, 8, 8]")
+
+    body = chapter_request()
+    body["model"]["layers"][2]["units"] = 3
+    errors = errors_of(client.post("/train", json=body))
+    assert errors == {
+        "model.layers[2].units": "the last layer has 3 units but dataset 'digits' has 10 classes; set units to 10"
+    }
+
+    body = chapter_request()
+    body["model"]["input_shape"] = [784]
+    errors = errors_of(client.post("/train", json=body))
+    assert errors == {
+        "model.input_shape": "input_shape [784] does not match dataset 'digits', whose samples have shape [8, 8]"
+    }
+
+    body = chapter_request()
+    del body["model"]["layers"][0]  # no flatten: Dense on 8×8 keeps a rank-3 output
+    errors = errors_of(client.post("/train", json=body))
+    assert "a classifier needs (batch, classes)" in errors["model.layers[1].units"]
+
+
+def test_binary_loss_needs_two_classes_and_one_unit(client: TestClient) -> None:
+    body = chapter_request()
+    body["compile"]["loss"] = "binary_crossentropy"
+    errors = errors_of(client.post("/train", json=body))
+    assert "is for two classes but dataset 'digits' has 10" in errors["model.layers[2].units"]
+
+
+def test_duplicate_layer_names_are_a_422(client: TestClient) -> None:
+    body = chapter_request()
+    body["model"]["layers"][2]["name"] = "hidden"
+    errors = errors_of(client.post("/train", json=body))
+    assert "model.layers[2]" in errors
+    assert "unique" in errors["model.layers[2]"]
+
+
+def test_names_may_be_unicode_but_not_contain_a_slash(client: TestClient) -> None:
+    body = chapter_request()
+    body["model"]["name"] = "패션 MNIST 모델"
+    body["model"]["layers"][1]["name"] = "은닉층"
+    TrainRequest.model_validate(body)  # accepted
+    body["model"]["layers"][1]["name"] = "hidden/1"
+    errors = errors_of(client.post("/train", json=body))
+    assert errors["model.layers[1].name"] == (
+        "names may be any text except '/', which Keras reserves (received 'hidden/1')"
+    )
+
+
+def test_activation_names_are_exactly_keras_own() -> None:
+    from keras.src.activations import ALL_OBJECTS_DICT
+
+    assert set(ACTIVATIONS) == set(ALL_OBJECTS_DICT)
+
+
+def test_optimizer_shorthand_and_options_build_the_keras_optimizer() -> None:
+    spec = CompileSpec.model_validate({"optimizer": "adam", "metrics": "accuracy"})
+    assert spec.metrics == ["accuracy"]
+    adam = spec.optimizer.build()
+    assert isinstance(adam, keras.optimizers.Adam)
+    assert float(adam.learning_rate) == pytest.approx(0.001)
+    nesterov = CompileSpec.model_validate(
+        {"optimizer": {"type": "sgd", "learning_rate": 0.05, "momentum": 0.9, "nesterov": True}}
+    ).optimizer.build()
+    assert isinstance(nesterov, keras.optimizers.SGD)
+    assert nesterov.nesterov is True
+    assert float(nesterov.momentum) == pytest.approx(0.9)
+    assert float(nesterov.learning_rate) == pytest.approx(0.05)
+    for optimizer_type in OPTIMIZER_TYPES:
+        (name,) = get_args(optimizer_type.model_fields["type"].annotation)
+        built = CompileSpec.model_validate({"optimizer": name}).optimizer.build()
+        assert type(built).__name__.lower() == name
+
+
+def test_every_allowed_metric_compiles_and_trains() -> None:
+    import numpy as np
+
+    x = np.random.default_rng(0).random((16, 4), dtype=np.float32)
+    y = np.eye(3, dtype=np.float32)[np.arange(16) % 3]
+    for metric in METRICS:
+        if metric.startswith("sparse") or metric.startswith("binary"):
+            continue
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+        spec = CompileSpec.model_validate({"optimizer": "sgd", "loss": "categorical_crossentropy", "metrics": metric})
+        model.compile(optimizer=spec.optimizer.build(), loss=spec.loss, metrics=spec.build_metrics())
+        history = model.fit(x, y, epochs=1, verbose=0)
+        assert metric in history.history, (metric, list(history.history))
+
+
+def test_chapter_summary_matches_keras_own() -> None:
+    """784 → Dense(100, sigmoid) → Dense(10, softmax): 79,510 parameters, as the chapter's model.summary() shows."""
+    body = chapter_request("fashion_mnist", "sigmoid")
+    request = TrainRequest.model_validate(body)
+    keras.backend.clear_session()
+    ours = build_model(request.model)
+    keras.backend.clear_session()
+    theirs = keras.Sequential(
+        [
+            keras.Input((28, 28)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(100, activation="sigmoid", name="hidden"),
+            keras.layers.Dense(10, activation="softmax", name="output"),
+        ],
+        name="패션 MNIST 모델",
+    )
+    assert ours.count_params() == theirs.count_params() == 79_510
+    printed: list[str] = []
+    theirs.summary(print_fn=lambda text, **_: printed.append(text))
+    from service.keras_build import summarize
+
+    assert summarize(ours)["text"] == "".join(printed)
+
+
+def test_runnable_names() -> None:
+    assert runnable_name("hidden") == "hidden"
+    assert runnable_name("dense_1") == "dense_1"
+    unicode = runnable_name("패션 MNIST 모델")
+    assert unicode.startswith("MNIST_")
+    assert unicode != runnable_name("패션 MNIST 모델2")
+    assert runnable_name("은닉층").startswith("n_")
+
+
+def test_example_files_are_the_chapter_examples_and_all_dry_build(client: TestClient) -> None:
+    examples = chapter_examples()
+    files = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in (ROOT / "examples").glob("*.json")}
+    assert files == examples, "regenerate with: python -m service.examples examples"
+    assert len(files) == 16
+    queued = {}
+    for stem, body in files.items():
+        request = TrainRequest.model_validate(body)
+        if request.dataset.name == "digits":  # fashion_mnist needs Keras' cache; test_training covers it
+            response = client.post("/train", json={**body, "fit": {**body["fit"], "epochs": 1}})
+            assert response.status_code == 202, (stem, response.text)
+            queued[stem] = response.json()["job_id"]
+    assert len(queued) == 8
+    for stem, job_id in queued.items():
+        job = wait_for_job(client, job_id)
+        assert job["status"] == "succeeded", (stem, job["error"])
+
+
+def test_openapi_has_the_chapter_example_and_the_error_shape(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    train = schema["paths"]["/train"]["post"]
+    examples = train["requestBody"]["content"]["application/json"]["examples"]
+    assert next(iter(examples)) == "digits_relu_adam"
+    assert examples["digits_relu_adam"]["value"] == chapter_examples()["digits_relu_adam"]
+    assert train["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
+    docs = client.get("/docs")
+    assert docs.status_code == 200
+    assert "swagger-ui" in docs.text
