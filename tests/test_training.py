@@ -93,6 +93,9 @@ def test_chapter_model_on_fashion_mnist_with_unicode_names(client: TestClient) -
     theirs.summary(print_fn=lambda text, **_: printed.append(text))
     assert summary["text"] == "".join(printed)
     assert "Total params: 79,510" in summary["text"]
+    text = client.get(f"/models/{job['model_id']}/summary", params={"format": "text"})
+    assert text.headers["content-type"].startswith("text/plain")
+    assert text.text == summary["text"]
 
     model = client.get(f"/models/{job['model_id']}").json()
     assert model["class_names"] == list(FASHION_MNIST_CLASSES)

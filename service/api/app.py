@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
 
 from service.api import errors
 from service.api.predictor import ModelCache
@@ -34,6 +36,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         get_engine(settings.database_url)  # creates the tables on first use
+        # Load Keras now (a few seconds) rather than in the first request's dry build.
+        await run_in_threadpool(importlib.import_module, "service.keras_build")
         settings.store_dir.mkdir(parents=True, exist_ok=True)
         if not settings.redis_url:
             log.warning("TRAINSERVE_REDIS_URL is not set: jobs cannot be queued")

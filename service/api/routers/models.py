@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, PlainTextResponse
 
 from service import jobs
 from service.api.deps import SessionDep, SettingsDep
@@ -42,11 +42,22 @@ def get_model(model_id: ModelId, session: SessionDep) -> ModelRead:
     return ModelRead.from_row(_model(session, model_id))
 
 
-@router.get("/{model_id}/summary", response_model=ModelSummary, responses=responses(404))
-def get_summary(model_id: ModelId, session: SessionDep) -> ModelSummary:
+@router.get(
+    "/{model_id}/summary",
+    response_model=ModelSummary,
+    responses={**responses(404), 200: {"content": {"text/plain": {}}}},
+)
+def get_summary(
+    model_id: ModelId,
+    session: SessionDep,
+    format: Annotated[Literal["json", "text"], Query(description="`text`: only the printed table.")] = "json",
+) -> ModelSummary | PlainTextResponse:
     """The model as Keras' `model.summary()` describes it: per-layer output shapes and parameter counts, the
     totals, and the printed table itself (taken by the worker from the model it trained)."""
-    return ModelSummary.model_validate(_model(session, model_id).summary)
+    summary = ModelSummary.model_validate(_model(session, model_id).summary)
+    if format == "text":
+        return PlainTextResponse(summary.text)
+    return summary
 
 
 @router.get(
