@@ -58,6 +58,11 @@ def test_train_poll_predict_summary_on_digits(client: TestClient) -> None:
     assert np.mean(np.array(answer["classes"]) == digits.target[:50]) > 0.8
     assert answer["labels"] is None  # digits' classes are the digits themselves
 
+    # The /docs example for POST /predict works once its model_id is filled in.
+    example = client.get("/openapi.json").json()["components"]["schemas"]["PredictRequest"]["examples"][0]
+    answer = client.post("/predict", json={**example, "model_id": model_id}).json()
+    assert answer["classes"] == [0]
+
 
 def test_chapter_model_on_fashion_mnist_with_unicode_names(client: TestClient) -> None:
     """The chapter's 784-100-10 sigmoid model named '패션 MNIST 모델', trained from Keras' cache."""

@@ -129,11 +129,26 @@ class ModelSummary(BaseModel):
     text: str = Field(description="What Keras' model.summary() prints for this model.")
 
 
+# The first image of scikit-learn's digits (a 0), in the dataset's 0-16 units: an instance for the chapter's model.
+DIGIT_ZERO = [
+    [0, 0, 5, 13, 9, 1, 0, 0],
+    [0, 0, 13, 15, 10, 15, 5, 0],
+    [0, 3, 15, 2, 0, 11, 8, 0],
+    [0, 4, 12, 0, 0, 8, 8, 0],
+    [0, 5, 8, 0, 0, 9, 8, 0],
+    [0, 4, 11, 0, 1, 12, 7, 0],
+    [0, 2, 14, 5, 10, 12, 0, 0],
+    [0, 0, 6, 13, 10, 0, 0, 0],
+]
+
+
 class PredictRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         protected_namespaces=(),
-        json_schema_extra={"examples": [{"model_id": "3f2a9c1e5b7d4e8f9a0b1c2d3e4f5a6b", "instances": [[0.0] * 4]}]},
+        json_schema_extra={
+            "examples": [{"model_id": "<model_id of a succeeded digits job>", "instances": [DIGIT_ZERO]}]
+        },
     )
 
     model_id: str = Field(description="Id of a trained model.")
