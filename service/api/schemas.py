@@ -141,14 +141,14 @@ DIGIT_ZERO = [
     [0, 0, 6, 13, 10, 0, 0, 0],
 ]
 
+PREDICT_EXAMPLE: dict[str, Any] = {"model_id": "<model_id of a succeeded digits job>", "instances": [DIGIT_ZERO]}
+
 
 class PredictRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         protected_namespaces=(),
-        json_schema_extra={
-            "examples": [{"model_id": "<model_id of a succeeded digits job>", "instances": [DIGIT_ZERO]}]
-        },
+        json_schema_extra={"examples": [PREDICT_EXAMPLE]},
     )
 
     model_id: str = Field(description="Id of a trained model.")
