@@ -28,7 +28,7 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 @dataclass(frozen=True)
 class DatasetInfo:
     name: str
-    source: Literal["scikit-learn", "keras"]
+    source: Literal["scikit-learn", "keras", "upload"]
     input_shape: tuple[int, ...]
     num_classes: int
     class_names: tuple[str, ...] | None

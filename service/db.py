@@ -122,6 +122,33 @@ class ModelRow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
+class DatasetRow(Base):
+    """An uploaded dataset: what was understood from the file, and where its normalised arrays are stored."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))
+    filename: Mapped[str] = mapped_column(String(500))
+    # sha256 of the uploaded bytes, and of those bytes with the options that shaped the arrays (label column,
+    # image size, colour mode): the same file uploaded the same way is the same dataset.
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    content_key: Mapped[str] = mapped_column(String(64), unique=True)
+    options: Mapped[dict[str, Any]]
+    x_shape: Mapped[list[Any]]
+    y_shape: Mapped[list[Any]]
+    num_classes: Mapped[int]
+    class_names: Mapped[list[Any] | None]
+    class_counts: Mapped[list[Any]]
+    splits: Mapped[dict[str, Any]]
+    stats: Mapped[dict[str, Any]]
+    path: Mapped[str] = mapped_column(String(500))
+    file_sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
 _engines: dict[tuple[int, str], Engine] = {}
 
 

@@ -31,6 +31,20 @@ class Settings(BaseSettings):
         default=None,
         description="Directory of trained `.keras` files, shared by the API and every worker. Default `home/models`.",
     )
+    dataset_store: Path | None = Field(
+        default=None,
+        description="Directory of uploaded datasets (normalised `.npz` files), shared by the API and every worker. "
+        "Default `home/datasets`.",
+    )
+    max_upload_bytes: int = Field(
+        default=1024**3, ge=1, description="Largest dataset file POST /datasets accepts (413 beyond)."
+    )
+    max_dataset_bytes: int = Field(
+        default=2 * 1024**3,
+        ge=1,
+        description="Largest dataset an upload may decode to, as float32 arrays (images and compressed .npz "
+        "members grow when decoded).",
+    )
     keras_cache: Path | None = Field(
         default=None,
         description="Keras' cache directory (KERAS_HOME) where keras.datasets files are looked for. "
@@ -53,12 +67,19 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{self.home / 'trainserve.db'}"
         if self.model_store is None:
             self.model_store = self.home / "models"
+        if self.dataset_store is None:
+            self.dataset_store = self.home / "datasets"
         return self
 
     @property
     def store_dir(self) -> Path:
         assert self.model_store is not None  # filled by the validator
         return self.model_store
+
+    @property
+    def datasets_dir(self) -> Path:
+        assert self.dataset_store is not None  # filled by the validator
+        return self.dataset_store
 
     @property
     def visibility_timeout(self) -> int:

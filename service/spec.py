@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -480,8 +481,12 @@ class CompileSpec(Strict):
 
 
 class DatasetSpec(Strict):
-    name: Annotated[str, _one_of("dataset", tuple(BUILTIN_DATASETS))] = Field(
-        description="A built-in dataset: digits, iris, wine, breast_cancer, mnist, fashion_mnist, cifar10."
+    name: Annotated[str, _one_of("dataset", tuple(BUILTIN_DATASETS))] | None = Field(
+        default=None,
+        description="A built-in dataset: digits, iris, wine, breast_cancer, mnist, fashion_mnist, cifar10.",
+    )
+    id: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = Field(
+        default=None, description="An uploaded dataset's id, from POST /datasets."
     )
     rescale: float | None = Field(
         default=None, gt=0.0, description="Multiply every input by this factor, e.g. 1/255 for pixels."
@@ -493,6 +498,17 @@ class DatasetSpec(Strict):
         description="Hold out this fraction; its metrics are recorded on the job.",
     )
     random_state: int | None = Field(default=None, description="Seed of the held-out split.")
+
+    @model_validator(mode="after")
+    def _name_or_id(self) -> DatasetSpec:
+        if (self.name is None) == (self.id is None):
+            given = "both" if self.name is not None else "neither"
+            raise PydanticCustomError(
+                "dataset_reference",
+                "give the dataset's name (a built-in) or its id (an upload), not {given}",
+                {"given": given},
+            )
+        return self
 
 
 class FitSpec(Strict):

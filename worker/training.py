@@ -17,12 +17,13 @@ from billiard.exceptions import SoftTimeLimitExceeded
 from sklearn.model_selection import train_test_split
 
 from service import jobs
-from service.datasets import BUILTIN_DATASETS, DatasetUnavailableError, LoadedDataset, load_builtin
+from service.datasets import DatasetUnavailableError, LoadedDataset
 from service.db import ModelRow, new_id, session_scope
 from service.keras_build import build_model, compile_model, encode_labels, runnable_copy, summarize
 from service.settings import Settings
 from service.spec import TrainRequest
 from service.store import model_path, publish, temporary_path
+from service.uploads import load_training_data
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +114,8 @@ def _train(job_id: str, request: TrainRequest, settings: Settings) -> str:
     keras.backend.clear_session()
     if request.fit.seed is not None:
         keras.utils.set_random_seed(request.fit.seed)
-    info = BUILTIN_DATASETS[request.dataset.name]
-    splits = prepare(request, load_builtin(info), info.num_classes)
+    info, data = load_training_data(request.dataset, settings)
+    splits = prepare(request, data, info.num_classes)
 
     display = build_model(request.model)
     summary = summarize(display)  # the user's names, before compile, as model.summary() reads in a notebook

@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from service.api import errors
 from service.api.predictor import ModelCache
-from service.api.routers import health, jobs, models, predict, train
+from service.api.routers import datasets, health, jobs, models, predict, train
 from service.db import get_engine
 from service.settings import Settings, get_settings
 from worker.celery_app import make_celery
@@ -53,6 +53,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.celery = make_celery(settings)
     app.state.model_cache = ModelCache(settings.store_dir, settings.predict_cache_size)
     errors.install(app)
-    for module in (train, jobs, models, predict, health):
+    for module in (train, jobs, models, predict, datasets, health):
         app.include_router(module.router)
     return app

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Response
 
-from service import jobs
+from service import jobs, uploads
 from service.api.deps import CeleryDep, SessionDep
 from service.api.errors import ApiError, item, responses, validation_error
 from service.api.schemas import JobCreated
@@ -21,12 +21,12 @@ router = APIRouter(tags=["training"])
 log = logging.getLogger(__name__)
 
 
-def _dry_build(request: TrainRequest) -> None:
+def _dry_build(request: TrainRequest, session: SessionDep) -> None:
     from service.keras_build import SpecError, dry_build
 
     try:
-        dry_build(request, BUILTIN_DATASETS[request.dataset.name])
-    except SpecError as exc:
+        dry_build(request, uploads.dataset_info(session=session, spec=request.dataset))
+    except (SpecError, uploads.UnknownDatasetError) as exc:
         raise validation_error([item(path, message) for path, message in exc.problems]) from exc
 
 
@@ -45,7 +45,7 @@ def train(
 ) -> JobCreated:
     """Validate the spec, build the model once without training it (so shape errors are a 422 now, not a failed
     job later), record the job and queue it. Poll `Location` (`GET /jobs/{job_id}`) for progress."""
-    _dry_build(request)
+    _dry_build(request, session)
     job = jobs.create_job(session=session, request=request)
     session.commit()
     try:

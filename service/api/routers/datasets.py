@@ -1,0 +1,266 @@
+"""Datasets: upload your own (.npz, .csv, .zip of image folders), inspect them and the built-in ones, delete."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+
+from service import uploads
+from service.api.dataset_schemas import DatasetList, DatasetRead, DatasetSample, DatasetSamples
+from service.api.deps import SessionDep, SettingsDep
+from service.api.errors import ApiError, ErrorItem, item, not_found, responses, validation_error
+from service.api.multipart import receive_upload
+from service.dataset_files import CHANNELS, KINDS_BY_SUFFIX, ColorMode, DatasetFileError, UploadOptions, kind_of
+from service.datasets import BUILTIN_DATASETS
+from service.db import DatasetRow
+
+router = APIRouter(prefix="/datasets", tags=["datasets"])
+
+DatasetId = Annotated[
+    str, Path(description="An uploaded dataset's id, or a built-in dataset's name (e.g. digits).", max_length=64)
+]
+UPLOAD_FIELDS = frozenset({"name", "label_column", "image_size", "color_mode"})
+MAX_IMAGE_SIDE = 1024
+
+UPLOAD_FORM: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": ".npz (x, y or x_train, y_train[, x_test, y_test][, class_names]), "
+                            ".csv with a header, or .zip of class-named folders of PNG/JPEG images.",
+                        },
+                        "name": {"type": "string", "description": "Default: the file's name without extension."},
+                        "label_column": {"type": "string", "default": "label", "description": ".csv: the label."},
+                        "image_size": {
+                            "type": "string",
+                            "default": "64,64",
+                            "description": ".zip: height,width every image is resized to (or one number).",
+                        },
+                        "color_mode": {
+                            "type": "string",
+                            "enum": list(CHANNELS),
+                            "default": "rgb",
+                            "description": ".zip: 1, 3 or 4 channels.",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def _check_filename(filename: str) -> None:
+    if kind_of(filename) is None:
+        raise ApiError(
+            415,
+            "unsupported_file",
+            f"cannot read {filename!r}: expected a {', '.join(KINDS_BY_SUFFIX)} file",
+            [item(["file"], f"unsupported file type {filename!r}")],
+        )
+
+
+def _options(fields: dict[str, str]) -> UploadOptions:
+    problems: list[ErrorItem] = []
+    label_column = fields.get("label_column", "label").strip()
+    if not label_column:
+        problems.append(item(["label_column"], "must name the label column"))
+    size_text = fields.get("image_size", "64,64").strip()
+    size: tuple[int, int] = (64, 64)
+    numbers = [int(n) for n in re.split(r"\s*[,x×]\s*", size_text) if n.isdigit()]
+    if len(numbers) == 1:
+        numbers *= 2
+    if len(numbers) != 2 or not all(1 <= n <= MAX_IMAGE_SIDE for n in numbers):
+        problems.append(
+            item(["image_size"], f"expected height,width from 1 to {MAX_IMAGE_SIDE} (e.g. 28,28); got {size_text!r}")
+        )
+    else:
+        size = (numbers[0], numbers[1])
+    color_mode = fields.get("color_mode", "rgb").strip()
+    if color_mode not in CHANNELS:
+        problems.append(item(["color_mode"], f"expected one of {', '.join(CHANNELS)}; got {color_mode!r}"))
+    if problems:
+        raise validation_error(problems)
+    mode: ColorMode = color_mode  # type: ignore[assignment]  # checked just above
+    return UploadOptions(label_column=label_column, image_size=size, color_mode=mode)
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=DatasetRead,
+    responses={
+        200: {
+            "model": DatasetRead,
+            "description": "These bytes were uploaded before (read the same way): that dataset.",
+        },
+        **responses(400, 413, 415, 422),
+    },
+    openapi_extra=UPLOAD_FORM,
+    summary="Upload a dataset",
+)
+async def upload_dataset(request: Request, response: Response, settings: SettingsDep) -> DatasetRead:
+    """Upload a `.npz`, a `.csv` or a `.zip` of class-named image folders as multipart/form-data. The file is
+    streamed to disk, read and checked once, and stored as normalised arrays; 201 with what was understood
+    (shapes, classes, counts). The same bytes read the same way again answer 200 with the same dataset."""
+    upload = await receive_upload(
+        request,
+        directory=settings.datasets_dir,
+        max_bytes=settings.max_upload_bytes,
+        file_field="file",
+        fields=UPLOAD_FIELDS,
+        check_filename=_check_filename,
+    )
+    try:
+        kind = kind_of(upload.filename)
+        assert kind is not None  # checked while receiving
+        options = _options(upload.fields)
+        name = upload.fields.get("name", "").strip() or upload.filename.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        if len(name) > 200:
+            raise validation_error([item(["name"], "at most 200 characters")])
+        try:
+            row, created = await run_in_threadpool(
+                lambda: uploads.ingest(
+                    settings=settings,
+                    upload=upload.path,
+                    filename=upload.filename,
+                    name=name,
+                    kind=kind,
+                    options=options,
+                    sha256=upload.sha256,
+                )
+            )
+        except DatasetFileError as exc:
+            raise ApiError(
+                422, "invalid_dataset", f"{upload.filename}: {exc.message}", [item([exc.field], exc.message)]
+            ) from exc
+    finally:
+        upload.path.unlink(missing_ok=True)
+    response.status_code = 201 if created else 200
+    response.headers["Location"] = f"/datasets/{row.id}"
+    return DatasetRead.from_row(row)
+
+
+@router.get("", response_model=DatasetList, responses=responses(422))
+def list_datasets(
+    session: SessionDep,
+    settings: SettingsDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> DatasetList:
+    """The built-in datasets (whether each is available offline), then uploads, newest first."""
+    page = list(BUILTIN_DATASETS.values())[offset : offset + limit]
+    builtins = [DatasetRead.from_builtin(info, settings.keras_cache, None) for info in page]
+    upload_offset = max(0, offset - len(BUILTIN_DATASETS))
+    upload_limit = limit - len(builtins)
+    rows: list[DatasetRow] = []
+    if upload_limit > 0:
+        found, _ = uploads.list_datasets(session=session, limit=upload_limit, offset=upload_offset)
+        rows = list(found)
+    count = len(BUILTIN_DATASETS) + uploads.count_datasets(session=session)
+    return DatasetList(data=[*builtins, *(DatasetRead.from_row(row) for row in rows)], count=count)
+
+
+def _builtin(dataset_id: str, settings: SettingsDep) -> DatasetRead | None:
+    info = BUILTIN_DATASETS.get(dataset_id)
+    if info is None:
+        return None
+    return DatasetRead.from_builtin(info, settings.keras_cache, uploads.builtin_overview(info.name))
+
+
+def _uploaded(session: SessionDep, dataset_id: str) -> DatasetRow:
+    row = uploads.get_dataset(session=session, dataset_id=dataset_id)
+    if row is None:
+        raise not_found("dataset", dataset_id)
+    return row
+
+
+@router.get("/{dataset_id}", response_model=DatasetRead, responses=responses(404))
+def get_dataset(dataset_id: DatasetId, session: SessionDep, settings: SettingsDep) -> DatasetRead:
+    """One dataset: shapes, classes and counts, and min/max/mean/std of its inputs (of a keras.datasets one, only
+    what is known without loading it)."""
+    return _builtin(dataset_id, settings) or DatasetRead.from_row(_uploaded(session, dataset_id))
+
+
+@router.get("/{dataset_id}/samples", response_model=DatasetSamples, responses=responses(404, 409, 422))
+def get_samples(
+    dataset_id: DatasetId,
+    session: SessionDep,
+    settings: SettingsDep,
+    n: Annotated[int, Query(ge=1, le=uploads.SAMPLE_ROWS, description="How many rows, from the first.")] = 5,
+    split: Annotated[Literal["train", "test"], Query()] = "train",
+) -> DatasetSamples:
+    """The first `n` rows of a split as numbers in the dataset's units, with their classes; images also as PNG."""
+    info = BUILTIN_DATASETS.get(dataset_id)
+    if info is not None:
+        overview = uploads.builtin_overview(info.name)
+        if overview is None:
+            raise ApiError(
+                409,
+                "not_loaded",
+                f"{info.name!r} is a keras.datasets dataset, which only workers load; its samples are not served",
+            )
+        if split != "train":
+            raise not_found("test split in dataset", dataset_id)
+        x, y, rows = overview.head_x, overview.head_y, overview.splits["train"]
+        class_names, images = list(info.class_names or ()) or None, False
+    else:
+        row = _uploaded(session, dataset_id)
+        if split not in row.splits:
+            raise not_found("test split in dataset", dataset_id)
+        x, y = uploads.stored_split(row, settings.datasets_dir, split)
+        rows, class_names, images = row.splits[split], row.class_names, row.kind == "images"
+    samples = [
+        DatasetSample(
+            index=i,
+            x=np.asarray(x[i]).tolist(),
+            y=int(y[i]),
+            label=class_names[int(y[i])] if class_names else None,
+            image=_png_data_url(np.asarray(x[i])) if images else None,
+        )
+        for i in range(min(n, rows))
+    ]
+    return DatasetSamples(dataset_id=dataset_id, split=split, rows=rows, samples=samples)
+
+
+def _png_data_url(sample: np.ndarray[Any, Any]) -> str:
+    from PIL import Image
+
+    pixels = np.clip(np.rint(sample), 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+@router.delete("/{dataset_id}", status_code=204, response_class=Response, responses=responses(404, 409))
+def delete_dataset(dataset_id: DatasetId, session: SessionDep, settings: SettingsDep) -> Response:
+    """Delete an uploaded dataset and its file; 409 while a queued or running job trains on it. Models already
+    trained on it are kept."""
+    if dataset_id in BUILTIN_DATASETS:
+        raise ApiError(409, "builtin_dataset", f"{dataset_id!r} is a built-in dataset; only uploads can be deleted")
+    row = _uploaded(session, dataset_id)
+    using = uploads.jobs_using(session=session, dataset_id=row.id)
+    if using:
+        raise ApiError(
+            409,
+            "dataset_in_use",
+            f"dataset {row.id} is used by {len(using)} queued or running job(s): {', '.join(using)}; "
+            f"delete it when they have finished",
+        )
+    uploads.delete_dataset(session=session, row=row, store=settings.datasets_dir)
+    return Response(status_code=204)

@@ -1,0 +1,297 @@
+"""Uploaded datasets: one normalised ``<dataset_id>.npz`` per dataset in the dataset store, and its record.
+
+The file holds float32 ``x_train`` (and ``x_test``) and int64 class numbers ``y_train`` (and ``y_test``); the
+database row holds everything said about it (shapes, classes, counts, statistics, the upload's sha256). The API
+writes it once, atomically; workers on any host read it from the same directory, as they read the model store.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+import struct
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.dataset_files import Kind, ParsedDataset, UploadOptions, parse
+from service.datasets import BUILTIN_DATASETS, DatasetInfo, DatasetUnavailableError, LoadedDataset, load_builtin
+from service.db import DatasetRow, JobRow, JobStatus, new_id, session_scope
+from service.settings import Settings
+from service.spec import DatasetSpec
+from service.store import publish, sha256_file
+
+DATASET_ID = re.compile(r"^[0-9a-f]{32}$")
+SPLITS = ("train", "test")
+
+
+class UnknownDatasetError(Exception):
+    """A training request names an uploaded dataset that does not exist; ``problems`` as in ``SpecError``."""
+
+    def __init__(self, dataset_id: str) -> None:
+        message = f"no uploaded dataset with id {dataset_id!r}; GET /datasets lists them"
+        super().__init__(message)
+        self.problems: list[tuple[tuple[str | int, ...], str]] = [(("dataset", "id"), message)]
+
+
+def dataset_path(store: Path, dataset_id: str) -> Path:
+    if not DATASET_ID.fullmatch(dataset_id):
+        raise ValueError(f"not a dataset id: {dataset_id!r}")
+    return store / f"{dataset_id}.npz"
+
+
+def content_key(sha256: str, kind: Kind, options: UploadOptions) -> str:
+    """The identity of an upload: its bytes and the options that shaped its arrays."""
+    text = json.dumps({"sha256": sha256, "kind": kind, "options": options.for_kind(kind)}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def ingest(
+    *,
+    settings: Settings,
+    upload: Path,
+    filename: str,
+    name: str,
+    kind: Kind,
+    options: UploadOptions,
+    sha256: str,
+) -> tuple[DatasetRow, bool]:
+    """The dataset of an uploaded file, and whether it is new: the same bytes read the same way are the dataset
+    uploaded before. Raises ``DatasetFileError`` for a file that cannot be one; then nothing is left behind."""
+    key = content_key(sha256, kind, options)
+    with session_scope(settings.database_url) as session:
+        existing = session.scalar(select(DatasetRow).where(DatasetRow.content_key == key))
+    if existing is not None:
+        return existing, False
+
+    parsed = parse(upload, kind, options, settings.max_dataset_bytes)
+    store = settings.datasets_dir
+    store.mkdir(parents=True, exist_ok=True)
+    dataset_id = new_id()
+    final = dataset_path(store, dataset_id)
+    fd, temp_name = tempfile.mkstemp(dir=store, prefix=".incoming-", suffix=".npz")
+    temp = Path(temp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            # Uncompressed, so that a few samples can be read without reading the whole file.
+            if parsed.x_test is not None and parsed.y_test is not None:
+                np.savez(f, x_train=parsed.x_train, y_train=parsed.y_train, x_test=parsed.x_test, y_test=parsed.y_test)
+            else:
+                np.savez(f, x_train=parsed.x_train, y_train=parsed.y_train)
+        file_sha256 = publish(temp, final)
+        row = DatasetRow(
+            id=dataset_id,
+            name=name,
+            kind=kind,
+            filename=filename,
+            sha256=sha256,
+            content_key=key,
+            options=options.for_kind(kind),
+            x_shape=list(parsed.x_train.shape),
+            y_shape=list(parsed.y_train.shape),
+            num_classes=parsed.num_classes,
+            class_names=parsed.class_names,
+            class_counts=_class_counts(parsed),
+            splits={
+                "train": len(parsed.x_train),
+                **({"test": len(parsed.x_test)} if parsed.x_test is not None else {}),
+            },
+            stats=_stats(parsed.x_train),
+            path=final.name,
+            file_sha256=file_sha256,
+            size_bytes=final.stat().st_size,
+        )
+        try:
+            with session_scope(settings.database_url) as session:
+                session.add(row)
+        except IntegrityError:
+            # The same upload finished first in another request: that one is the dataset.
+            final.unlink(missing_ok=True)
+            with session_scope(settings.database_url) as session:
+                existing = session.scalar(select(DatasetRow).where(DatasetRow.content_key == key))
+            if existing is None:
+                raise
+            return existing, False
+    except BaseException:
+        final.unlink(missing_ok=True)
+        raise
+    finally:
+        temp.unlink(missing_ok=True)
+    return row, True
+
+
+def _class_counts(parsed: ParsedDataset) -> list[int]:
+    """Samples per class over every split."""
+    counts = np.bincount(parsed.y_train, minlength=parsed.num_classes)
+    if parsed.y_test is not None:
+        counts = counts + np.bincount(parsed.y_test, minlength=parsed.num_classes)
+    return [int(c) for c in counts]
+
+
+def _stats(x: np.ndarray[Any, Any]) -> dict[str, float]:
+    """Of the training inputs, in their own units (before any rescale a request applies)."""
+    return {
+        "min": float(x.min()),
+        "max": float(x.max()),
+        "mean": float(x.mean(dtype=np.float64)),
+        "std": float(x.std(dtype=np.float64)),
+    }
+
+
+# --- records ----------------------------------------------------------------------------------------------------
+
+
+def get_dataset(*, session: Session, dataset_id: str) -> DatasetRow | None:
+    return session.get(DatasetRow, dataset_id)
+
+
+def list_datasets(*, session: Session, limit: int, offset: int) -> tuple[Sequence[DatasetRow], int]:
+    count = session.scalar(select(func.count()).select_from(DatasetRow)) or 0
+    rows = session.scalars(
+        select(DatasetRow).order_by(DatasetRow.created_at.desc(), DatasetRow.id.desc()).limit(limit).offset(offset)
+    ).all()
+    return rows, count
+
+
+def count_datasets(*, session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(DatasetRow)) or 0
+
+
+def jobs_using(*, session: Session, dataset_id: str) -> list[str]:
+    """Queued and running jobs that train on this dataset."""
+    active = session.scalars(select(JobRow).where(JobRow.status.in_([JobStatus.QUEUED, JobStatus.RUNNING])))
+    return [job.id for job in active if (job.spec.get("dataset") or {}).get("id") == dataset_id]
+
+
+def delete_dataset(*, session: Session, row: DatasetRow, store: Path) -> None:
+    """Forget the dataset, then remove its file (a reader that already opened it keeps reading)."""
+    session.delete(row)
+    session.commit()
+    (store / row.path).unlink(missing_ok=True)
+
+
+def info_of(row: DatasetRow) -> DatasetInfo:
+    """What the dry build checks a model against, as for a built-in dataset."""
+    return DatasetInfo(
+        name=row.name,
+        source="upload",
+        input_shape=tuple(int(d) for d in row.x_shape[1:]),
+        num_classes=row.num_classes,
+        class_names=tuple(row.class_names) if row.class_names else None,
+        description=f"uploaded {row.kind} file {row.filename!r}",
+    )
+
+
+def dataset_info(*, session: Session, spec: DatasetSpec) -> DatasetInfo:
+    """The built-in dataset the spec names, or the uploaded one it gives the id of."""
+    if spec.name is not None:
+        return BUILTIN_DATASETS[spec.name]
+    assert spec.id is not None  # DatasetSpec requires one of the two
+    row = get_dataset(session=session, dataset_id=spec.id)
+    if row is None:
+        raise UnknownDatasetError(spec.id)
+    return info_of(row)
+
+
+# --- reading the stored arrays ----------------------------------------------------------------------------------
+
+
+def load_training_data(spec: DatasetSpec, settings: Settings) -> tuple[DatasetInfo, LoadedDataset]:
+    """The dataset a job trains on, whole, with what is known about it. Used by the worker."""
+    if spec.name is not None:
+        info = BUILTIN_DATASETS[spec.name]
+        return info, load_builtin(info)
+    assert spec.id is not None
+    with session_scope(settings.database_url) as session:
+        row = get_dataset(session=session, dataset_id=spec.id)
+    if row is None:
+        raise DatasetUnavailableError(f"uploaded dataset {spec.id} no longer exists (it was deleted)")
+    path = settings.datasets_dir / row.path
+    if not path.is_file():
+        raise DatasetUnavailableError(f"the file of dataset {row.id} is missing from {settings.datasets_dir}")
+    if sha256_file(path) != row.file_sha256:
+        raise DatasetUnavailableError(f"the file of dataset {row.id} does not match the sha256 recorded at upload")
+    with np.load(path, allow_pickle=False) as npz:
+        has_test = "x_test" in npz.files
+        data = LoadedDataset(
+            npz["x_train"], npz["y_train"], npz["x_test"] if has_test else None, npz["y_test"] if has_test else None
+        )
+    return info_of(row), data
+
+
+def stored_split(row: DatasetRow, store: Path, split: str) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """One split's inputs and labels, memory-mapped: reading a few rows reads only those rows."""
+    path = store / row.path
+    return _npz_member(path, f"x_{split}"), _npz_member(path, f"y_{split}")
+
+
+def _npz_member(path: Path, name: str) -> np.ndarray[Any, Any]:
+    """An array of an uncompressed .npz (as ``np.savez`` writes), memory-mapped in place."""
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(f"{name}.npy")
+    if info.compress_type != zipfile.ZIP_STORED:
+        with np.load(path, allow_pickle=False) as npz:
+            loaded: np.ndarray[Any, Any] = npz[name]
+            return loaded
+    with path.open("rb") as f:
+        f.seek(info.header_offset)
+        local_header = f.read(30)  # the local file header: its name and extra field precede the data
+        name_length, extra_length = struct.unpack("<HH", local_header[26:30])
+        f.seek(info.header_offset + 30 + name_length + extra_length)
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(f)
+        offset = f.tell()
+    if dtype.hasobject:
+        raise ValueError(f"{name} in {path} holds Python objects")
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran_order else "C")
+
+
+# --- built-in datasets, described through the same endpoints ----------------------------------------------------
+
+SAMPLE_ROWS = 100
+
+
+@dataclass(frozen=True)
+class BuiltinOverview:
+    x_shape: list[int]
+    y_shape: list[int]
+    class_counts: list[int]
+    splits: dict[str, int]
+    stats: dict[str, float]
+    # The first rows, for GET /datasets/{name}/samples.
+    head_x: np.ndarray[Any, Any]
+    head_y: np.ndarray[Any, Any]
+
+
+@functools.lru_cache(maxsize=len(BUILTIN_DATASETS))
+def builtin_overview(name: str) -> BuiltinOverview | None:
+    """Shapes, counts, statistics and first rows of a scikit-learn dataset, which ships inside the package and
+    loads in milliseconds. None for keras.datasets: the API leaves loading tens of megabytes to the workers."""
+    info = BUILTIN_DATASETS[name]
+    if info.source != "scikit-learn":
+        return None
+    data = load_builtin(info)
+    counts = np.bincount(data.y_train, minlength=info.num_classes)
+    return BuiltinOverview(
+        x_shape=list(data.x_train.shape),
+        y_shape=list(data.y_train.shape),
+        class_counts=[int(c) for c in counts],
+        splits={"train": len(data.x_train)},
+        stats=_stats(data.x_train),
+        head_x=data.x_train[:SAMPLE_ROWS].copy(),
+        head_y=data.y_train[:SAMPLE_ROWS].copy(),
+    )
