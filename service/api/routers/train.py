@@ -11,7 +11,6 @@ from service import jobs, uploads
 from service.api.deps import CeleryDep, SessionDep
 from service.api.errors import ApiError, item, responses, validation_error
 from service.api.schemas import JobCreated
-from service.datasets import BUILTIN_DATASETS
 from service.db import JobStatus
 from service.examples import openapi_examples
 from service.spec import TrainRequest
