@@ -103,9 +103,12 @@ class EpochRow(Base):
 
 class ModelRow(Base):
     __tablename__ = "models"
+    # Versions 1, 2, 3… of each name; two jobs of one name finishing together cannot both take the same number.
+    __table_args__ = (UniqueConstraint("name", "version"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200))
+    version: Mapped[int] = mapped_column(Integer)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), unique=True)
     spec: Mapped[dict[str, Any]]
     dataset: Mapped[dict[str, Any]]

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from service import registry
 from service.db import EpochRow, JobRow, JobStatus, ModelRow, utcnow
 from service.spec import TrainRequest
 
@@ -77,7 +78,7 @@ def complete_job(*, session: Session, job_id: str, model: ModelRow, evaluation: 
     )
     if done.rowcount != 1:  # type: ignore[attr-defined]
         return False
-    session.add(model)
+    registry.add_version(session=session, model=model)
     return True
 
 

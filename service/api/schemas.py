@@ -72,6 +72,7 @@ class ModelRead(BaseModel):
 
     model_id: str
     name: str
+    version: int = Field(description="Version of `name`: 1 for its first model, then 2, 3, …")
     job_id: str
     created_at: datetime
     spec: dict[str, Any]
@@ -93,6 +94,7 @@ class ModelRead(BaseModel):
         return cls(
             model_id=row.id,
             name=row.name,
+            version=row.version,
             job_id=row.job_id,
             created_at=row.created_at,
             spec=row.spec,
