@@ -58,6 +58,27 @@ class Settings(BaseSettings):
         default=3600, ge=10, description="Seconds one training job may run before it fails with `timeout`."
     )
     predict_cache_size: int = Field(default=8, ge=1, description="Loaded models kept in memory by the API.")
+    predict_cache_bytes: int = Field(
+        default=1024**3,
+        ge=1,
+        description="Memory the loaded models may take together (their weights), in bytes; the least recently "
+        "used are unloaded beyond it (the model in use always stays).",
+    )
+    max_batch_size: int = Field(
+        default=64,
+        ge=1,
+        description="Most instances merged from concurrent predict requests for one model into one call "
+        "(a larger request runs alone).",
+    )
+    max_latency_ms: float = Field(
+        default=2.0,
+        ge=0,
+        description="Longest a predict request waits for others to join its batch while more keep arriving; "
+        "a request that finds the model idle and nobody else arriving starts at once.",
+    )
+    max_predict_instances: int = Field(
+        default=10_000, ge=1, description="Most instances one predict request may carry (413 beyond)."
+    )
     log_level: str = Field(default="INFO", description="Log level of the API and the worker.")
 
     @model_validator(mode="after")

@@ -59,7 +59,8 @@ def test_train_poll_predict_summary_on_digits(client: TestClient) -> None:
     assert answer["labels"] is None  # digits' classes are the digits themselves
 
     # The /docs example for POST /predict works once its model_id is filled in.
-    example = client.get("/openapi.json").json()["components"]["schemas"]["PredictRequest"]["examples"][0]
+    body = client.get("/openapi.json").json()["paths"]["/predict"]["post"]["requestBody"]
+    example = body["content"]["application/json"]["schema"]["examples"][0]
     answer = client.post("/predict", json={**example, "model_id": model_id}).json()
     assert answer["classes"] == [0]
 

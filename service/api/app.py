@@ -11,8 +11,8 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
 from service.api import errors
-from service.api.predictor import ModelCache
-from service.api.routers import datasets, health, jobs, models, predict, train
+from service.api.predictor import Serving
+from service.api.routers import datasets, health, jobs, metrics, models, predict, tfserving, train, v2
 from service.db import get_engine
 from service.settings import Settings, get_settings
 from worker.celery_app import make_celery
@@ -51,8 +51,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.celery = make_celery(settings)
-    app.state.model_cache = ModelCache(settings.store_dir, settings.predict_cache_size)
+    app.state.serving = Serving(settings)
     errors.install(app)
-    for module in (train, jobs, models, predict, datasets, health):
+    for module in (train, jobs, models, predict, tfserving, v2, datasets, health, metrics):
         app.include_router(module.router)
     return app

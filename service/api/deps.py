@@ -9,7 +9,7 @@ from celery import Celery
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from service.api.predictor import ModelCache
+from service.api.predictor import Serving
 from service.db import session_factory
 from service.settings import Settings
 
@@ -32,12 +32,12 @@ def get_celery(request: Request) -> Celery:
     return celery
 
 
-def get_model_cache(request: Request) -> ModelCache:
-    cache: ModelCache = request.app.state.model_cache
-    return cache
+def get_serving(request: Request) -> Serving:
+    serving: Serving = request.app.state.serving
+    return serving
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
-ModelCacheDep = Annotated[ModelCache, Depends(get_model_cache)]
+ServingDep = Annotated[Serving, Depends(get_serving)]

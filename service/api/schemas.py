@@ -153,7 +153,12 @@ class PredictRequest(BaseModel):
         json_schema_extra={"examples": [PREDICT_EXAMPLE]},
     )
 
-    model_id: str = Field(description="Id of a trained model.")
+    model_id: str | None = Field(default=None, description="Id of a trained model; or give `model`.")
+    model: str | None = Field(
+        default=None,
+        description="A model's name (its latest version) or `name@version`; or give `model_id`.",
+        examples=["digits relu + adam@2"],
+    )
     instances: list[Any] = Field(
         min_length=1,
         description="Inputs, one per row, each of the model's input shape, in the dataset's units.",
@@ -164,6 +169,8 @@ class PredictResponse(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
     model_id: str
+    name: str = Field(description="The model's name.")
+    version: int = Field(description="Which version of that name answered.")
     predictions: list[list[float]] = Field(description="The model's outputs, one row per instance.")
     classes: list[int] = Field(description="The predicted class of each instance.")
     labels: list[str] | None = Field(default=None, description="Class names, when the dataset has them.")

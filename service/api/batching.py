@@ -1,0 +1,158 @@
+"""Adaptive micro-batching: concurrent predict requests for one model run as one call of the model.
+
+A TensorFlow call costs about the same for 1 instance as for 64 (the fixed cost is dispatch, not arithmetic),
+so under load merging requests multiplies throughput. The batcher never waits on a timer when nothing else is
+coming: a request that finds its model idle starts at once, after letting requests already read from the network
+join it. While a batch runs, the requests that arrive queue up, and all of them (up to ``max_batch_size``
+instances) form the next batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float32]
+
+# Histogram buckets for batch sizes, in requests and in instances.
+BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, float("inf"))
+
+
+@dataclass
+class Histogram:
+    counts: list[int] = field(default_factory=lambda: [0] * len(BUCKETS))
+    total: float = 0.0
+    observations: int = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(BUCKETS, value)] += 1
+        self.total += value
+        self.observations += 1
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        running = 0
+        out = []
+        for bound, count in zip(BUCKETS, self.counts, strict=True):
+            running += count
+            out.append((bound, running))
+        return out
+
+
+@dataclass
+class ModelBatchStats:
+    """How one model's calls were batched: for each call, how many requests and instances it merged."""
+
+    model_id: str
+    name: str
+    version: int
+    requests: Histogram = field(default_factory=Histogram)
+    instances: Histogram = field(default_factory=Histogram)
+
+
+class BatchStats:
+    """Batch sizes per model since the process started (the /metrics endpoint shows them)."""
+
+    def __init__(self) -> None:
+        self.models: dict[str, ModelBatchStats] = {}
+
+    def for_model(self, model_id: str, name: str, version: int) -> ModelBatchStats:
+        return self.models.setdefault(model_id, ModelBatchStats(model_id, name, version))
+
+
+@dataclass
+class _Pending:
+    x: FloatArray
+    future: asyncio.Future[FloatArray]
+
+
+class Batcher:
+    """Feeds one model's call with merged batches, one batch at a time, in an executor thread."""
+
+    def __init__(
+        self,
+        call: Callable[[FloatArray], FloatArray],
+        *,
+        executor: Executor,
+        max_batch_size: int,
+        max_latency_s: float,
+        stats: ModelBatchStats,
+    ) -> None:
+        self._call = call
+        self._executor = executor
+        self._max_batch_size = max_batch_size
+        self._max_latency_s = max_latency_s
+        self._stats = stats
+        self._queue: list[_Pending] = []
+        self._draining: asyncio.Task[None] | None = None
+
+    async def submit(self, x: FloatArray) -> FloatArray:
+        """The model's outputs for ``x`` (a batch of instances), computed in a call shared with others."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[FloatArray] = loop.create_future()
+        self._queue.append(_Pending(x, future))
+        if self._draining is None:
+            self._draining = loop.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._queue:
+                await self._let_arrivals_join(loop)
+                batch = self._take()
+                try:
+                    outputs = await loop.run_in_executor(self._executor, self._run, [p.x for p in batch])
+                except Exception as exc:
+                    for pending in batch:
+                        if not pending.future.done():
+                            pending.future.set_exception(exc)
+                    continue
+                self._record(batch)
+                for pending, output in zip(batch, outputs, strict=True):
+                    if not pending.future.done():  # its client may have gone
+                        pending.future.set_result(output)
+        finally:
+            self._draining = None
+            for pending in self._queue:  # only if the loop is shutting down
+                if not pending.future.done():
+                    pending.future.cancel()
+
+    async def _let_arrivals_join(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Yield to the event loop while requests keep arriving, up to max_latency: those already received
+        join this batch instead of waiting a whole call for the next one."""
+        deadline = loop.time() + self._max_latency_s
+        while self._rows() < self._max_batch_size and loop.time() < deadline:
+            waiting = len(self._queue)
+            await asyncio.sleep(0)
+            if len(self._queue) == waiting:
+                return
+
+    def _rows(self) -> int:
+        return sum(len(p.x) for p in self._queue)
+
+    def _take(self) -> list[_Pending]:
+        """The oldest requests whose instances fit in max_batch_size; always at least one."""
+        rows = len(self._queue[0].x)
+        count = 1
+        while count < len(self._queue) and rows + len(self._queue[count].x) <= self._max_batch_size:
+            rows += len(self._queue[count].x)
+            count += 1
+        batch, self._queue = self._queue[:count], self._queue[count:]
+        return batch
+
+    def _run(self, xs: list[FloatArray]) -> list[FloatArray]:
+        if len(xs) == 1:
+            return [self._call(xs[0])]
+        outputs = self._call(np.concatenate(xs))
+        ends = np.cumsum([len(x) for x in xs])[:-1]
+        return list(np.split(outputs, ends))
+
+    def _record(self, batch: list[_Pending]) -> None:
+        self._stats.requests.observe(len(batch))
+        self._stats.instances.observe(sum(len(p.x) for p in batch))
