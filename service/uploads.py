@@ -189,7 +189,7 @@ def info_of(row: DatasetRow) -> DatasetInfo:
         input_shape=tuple(int(d) for d in row.x_shape[1:]),
         num_classes=row.num_classes,
         class_names=tuple(row.class_names) if row.class_names else None,
-        description=f"uploaded {row.kind} file {row.filename!r}",
+        description=f"uploaded from {row.filename!r}",
     )
 
 

@@ -65,7 +65,7 @@ class DatasetRead(BaseModel):
             options=row.options,
             stats=DatasetStats.model_validate(row.stats),
             available_offline=True,
-            description=f"uploaded {row.kind} file {row.filename!r}",
+            description=f"uploaded from {row.filename!r}",
             size_bytes=row.size_bytes,
             created_at=row.created_at,
         )
