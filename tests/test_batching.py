@@ -1,0 +1,107 @@
+"""The micro-batcher on its own: which requests share a call, and that each gets its own rows back.
+
+The "model" here is a plain NumPy function so that the calls it receives can be counted; the end-to-end tests
+(test_serving.py) run the same batcher in front of real Keras models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from service.api.batching import Batcher, BatchStats, FloatArray
+
+
+class Model:
+    """Answers each row's sum (times two), and records the size of every call."""
+
+    def __init__(self, gate: threading.Event | None = None) -> None:
+        self.calls: list[int] = []
+        self.started = threading.Event()
+        self.gate = gate
+
+    def __call__(self, x: FloatArray) -> FloatArray:
+        self.calls.append(len(x))
+        self.started.set()
+        if self.gate is not None:
+            assert self.gate.wait(10)
+        if np.isnan(x).any():
+            raise ValueError("NaN in the batch")
+        result: FloatArray = x.reshape(len(x), -1).sum(axis=1, keepdims=True) * 2
+        return result
+
+
+def batch(first: int, rows: int) -> FloatArray:
+    return np.arange(first, first + rows * 3, dtype=np.float32).reshape(rows, 3)
+
+
+def expected(x: FloatArray) -> FloatArray:
+    result: FloatArray = x.sum(axis=1, keepdims=True) * 2
+    return result
+
+
+def test_requests_queued_together_share_calls_up_to_max_batch_size() -> None:
+    model = Model()
+    stats = BatchStats().for_model("m", "m", 1)
+    sizes = [1, 2, 3, 1, 4, 20, 1]
+    inputs = [batch(i * 100, n) for i, n in enumerate(sizes)]
+    with ThreadPoolExecutor(1) as executor:
+        batcher = Batcher(model, executor=executor, max_batch_size=8, max_latency_s=0.002, stats=stats)
+
+        async def main() -> list[FloatArray]:
+            return list(await asyncio.gather(*(batcher.submit(x) for x in inputs)))
+
+        outputs = asyncio.run(main())
+    # 1+2+3+1 fit in 8; 4 then waits for the next call; 20 is larger than a batch and runs alone.
+    assert model.calls == [7, 4, 20, 1]
+    for x, y in zip(inputs, outputs, strict=True):
+        assert np.array_equal(y, expected(x))
+    assert stats.requests.observations == 4
+    assert stats.requests.total == len(sizes)
+    assert stats.instances.total == sum(sizes)
+
+
+def test_requests_arriving_during_a_call_form_the_next_call() -> None:
+    gate = threading.Event()
+    model = Model(gate)
+    stats = BatchStats().for_model("m", "m", 1)
+    with ThreadPoolExecutor(1) as executor:
+        batcher = Batcher(model, executor=executor, max_batch_size=64, max_latency_s=0.0, stats=stats)
+
+        async def main() -> list[FloatArray]:
+            first = asyncio.ensure_future(batcher.submit(batch(0, 1)))
+            while not model.started.is_set():  # the model is busy with the first request alone
+                await asyncio.sleep(0.001)
+            later = [asyncio.ensure_future(batcher.submit(batch(10 * i, 2))) for i in range(1, 6)]
+            await asyncio.sleep(0.01)
+            gate.set()
+            return [await first, *await asyncio.gather(*later)]
+
+        outputs = asyncio.run(main())
+    assert model.calls == [1, 10]
+    assert np.array_equal(outputs[0], expected(batch(0, 1)))
+    for i, y in enumerate(outputs[1:], start=1):
+        assert np.array_equal(y, expected(batch(10 * i, 2)))
+
+
+def test_a_failing_call_fails_the_requests_it_carried_only() -> None:
+    model = Model()
+    stats = BatchStats().for_model("m", "m", 1)
+    bad = np.full((1, 3), np.nan, dtype=np.float32)
+    with ThreadPoolExecutor(1) as executor:
+        batcher = Batcher(model, executor=executor, max_batch_size=2, max_latency_s=0.0, stats=stats)
+
+        async def main() -> list[FloatArray | BaseException]:
+            xs = [batch(0, 1), bad, batch(9, 1)]
+            return list(await asyncio.gather(*(batcher.submit(x) for x in xs), return_exceptions=True))
+
+        first, second, third = asyncio.run(main())
+    assert model.calls == [2, 1]
+    assert isinstance(first, ValueError)
+    assert isinstance(second, ValueError)
+    assert isinstance(third, np.ndarray)
+    assert np.array_equal(third, expected(batch(9, 1)))
+    assert stats.requests.observations == 1  # batch sizes count the calls that answered
