@@ -12,6 +12,7 @@ import io
 import math
 import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -186,13 +187,21 @@ def _inputs(x: np.ndarray[Any, Any], name: str, max_bytes: int) -> FloatArray:
     return values
 
 
+def row_blocks(x: np.ndarray[Any, Any], elements: int = 1 << 20) -> Iterator[tuple[int, np.ndarray[Any, Any]]]:
+    """(first row, rows) blocks of about ``elements`` values: whole-array temporaries would double the memory."""
+    rows = max(1, elements // max(1, x[0].size)) if len(x) else 1
+    for start in range(0, len(x), rows):
+        yield start, x[start : start + rows]
+
+
 def check_finite(x: FloatArray, name: str) -> None:
-    finite = np.isfinite(x).reshape(len(x), -1).all(axis=1)
-    if not finite.all():
-        row = int(np.argmin(finite))
-        raise DatasetFileError(
-            f"{name} holds NaN or infinite values (first in row {row}); fill or drop them before uploading"
-        )
+    for start, block in row_blocks(x):
+        finite = np.isfinite(block).reshape(len(block), -1).all(axis=1)
+        if not finite.all():
+            row = start + int(np.argmin(finite))
+            raise DatasetFileError(
+                f"{name} holds NaN or infinite values (first in row {row}); fill or drop them before uploading"
+            )
 
 
 def _same_length(x: np.ndarray[Any, Any], y: np.ndarray[Any, Any], x_name: str, y_name: str) -> None:

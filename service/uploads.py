@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 import re
 import struct
@@ -25,7 +26,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.dataset_files import Kind, ParsedDataset, UploadOptions, parse
+from service.dataset_files import Kind, ParsedDataset, UploadOptions, parse, row_blocks
 from service.datasets import BUILTIN_DATASETS, DatasetInfo, DatasetUnavailableError, LoadedDataset, load_builtin
 from service.db import DatasetRow, JobRow, JobStatus, new_id, session_scope
 from service.settings import Settings
@@ -141,12 +142,9 @@ def _class_counts(parsed: ParsedDataset) -> list[int]:
 
 def _stats(x: np.ndarray[Any, Any]) -> dict[str, float]:
     """Of the training inputs, in their own units (before any rescale a request applies)."""
-    return {
-        "min": float(x.min()),
-        "max": float(x.max()),
-        "mean": float(x.mean(dtype=np.float64)),
-        "std": float(x.std(dtype=np.float64)),
-    }
+    mean = float(x.mean(dtype=np.float64))
+    squares = sum(float(np.square(block.astype(np.float64) - mean).sum()) for _, block in row_blocks(x))
+    return {"min": float(x.min()), "max": float(x.max()), "mean": mean, "std": math.sqrt(squares / x.size)}
 
 
 # --- records ----------------------------------------------------------------------------------------------------
