@@ -44,6 +44,10 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# Job and model ids: 32 lowercase hex digits (a UUID4 without dashes).
+ID_PATTERN = r"^[0-9a-f]{32}$"
+
+
 def new_id() -> str:
     return uuid.uuid4().hex
 
@@ -86,6 +90,15 @@ class JobRow(Base):
     error_type: Mapped[str | None] = mapped_column(String(100))
     error_message: Mapped[str | None] = mapped_column(Text)
     evaluation: Mapped[dict[str, Any] | None]
+    # Who runs the job ("host:pid") and until when that claim holds unless renewed.
+    worker_id: Mapped[str | None] = mapped_column(String(300))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(index=True)
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    # When the job's Celery message was last sent.
+    dispatched_at: Mapped[datetime | None]
+    # A client's Idempotency-Key, with the hash of the request it came with.
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    request_sha256: Mapped[str | None] = mapped_column(String(64))
 
 
 class EpochRow(Base):

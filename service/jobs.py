@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import enum
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -13,12 +15,16 @@ from service.db import EpochRow, JobRow, JobStatus, ModelRow, utcnow
 from service.spec import TrainRequest
 
 
-def create_job(*, session: Session, request: TrainRequest) -> JobRow:
+def create_job(
+    *, session: Session, request: TrainRequest, idempotency_key: str | None = None, request_sha256: str | None = None
+) -> JobRow:
     job = JobRow(
         name=request.name,
         status=JobStatus.QUEUED,
         spec=request.model_dump(mode="json"),
         epochs=request.fit.epochs,
+        idempotency_key=idempotency_key,
+        request_sha256=request_sha256,
     )
     session.add(job)
     session.flush()
@@ -27,6 +33,10 @@ def create_job(*, session: Session, request: TrainRequest) -> JobRow:
 
 def get_job(*, session: Session, job_id: str) -> JobRow | None:
     return session.get(JobRow, job_id)
+
+
+def get_job_by_idempotency_key(*, session: Session, key: str) -> JobRow | None:
+    return session.scalar(select(JobRow).where(JobRow.idempotency_key == key))
 
 
 def list_jobs(*, session: Session, status: JobStatus | None, limit: int, offset: int) -> tuple[Sequence[JobRow], int]:
@@ -50,18 +60,93 @@ def job_history(*, session: Session, job_ids: Sequence[str]) -> dict[str, list[d
     return history
 
 
-def claim_job(*, session: Session, job_id: str) -> bool:
-    """queued → running, as one compare-and-set: of two deliveries of the same message, only one trains."""
+class Claim(enum.Enum):
+    CLAIMED = "claimed"  # this worker runs the job now
+    NOT_CLAIMABLE = "not_claimable"  # ended, cancelled, or running under a live lease elsewhere
+    EXHAUSTED = "exhausted"  # its workers died too often: now failed
+
+
+def claim_job(
+    *,
+    session: Session,
+    job_id: str,
+    worker_id: str,
+    lease_seconds: float,
+    max_attempts: int,
+    holder_alive: Callable[[str], bool],
+) -> Claim:
+    """Start the job in this worker, as one compare-and-set on its row: of two deliveries of the same message,
+    only one trains. A job still `running` is taken over only when its holder is gone: its lease ran out, or
+    ``holder_alive`` says the process that held it has died (a pool child killed on this host)."""
+    job = session.get(JobRow, job_id, populate_existing=True)
+    if job is None:
+        return Claim.NOT_CLAIMABLE
+    now = utcnow()
+    if job.status == JobStatus.QUEUED:
+        condition = [JobRow.status == JobStatus.QUEUED]
+    elif job.status == JobStatus.RUNNING and not job.cancel_requested and _orphaned(job, now, holder_alive):
+        condition = [
+            JobRow.status == JobStatus.RUNNING,
+            JobRow.worker_id == job.worker_id,
+            JobRow.attempts == job.attempts,
+        ]
+    else:
+        return Claim.NOT_CLAIMABLE
+    where = [JobRow.id == job_id, *condition]
+    if job.attempts >= max_attempts:
+        failed = session.execute(
+            update(JobRow)
+            .where(*where)
+            .values(
+                status=JobStatus.FAILED,
+                finished_at=now,
+                error_type="WorkerLost",
+                error_message=worker_lost_message(job.attempts),
+            )
+        )
+        return Claim.EXHAUSTED if _changed(failed) else Claim.NOT_CLAIMABLE
     claimed = session.execute(
         update(JobRow)
-        .where(JobRow.id == job_id, JobRow.status == JobStatus.QUEUED)
-        .values(status=JobStatus.RUNNING, started_at=utcnow(), attempts=JobRow.attempts + 1, epoch=0)
+        .where(*where)
+        .values(
+            status=JobStatus.RUNNING,
+            started_at=now,
+            attempts=JobRow.attempts + 1,
+            epoch=0,
+            worker_id=worker_id,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+        )
     )
-    if claimed.rowcount != 1:  # type: ignore[attr-defined]
-        return False
+    if not _changed(claimed):
+        return Claim.NOT_CLAIMABLE
     # A retried job starts over: drop the epochs of an earlier attempt.
     session.execute(delete(EpochRow).where(EpochRow.job_id == job_id))
-    return True
+    return Claim.CLAIMED
+
+
+def worker_lost_message(attempts: int) -> str:
+    return f"the worker died while training this job, {attempts} time(s) out of {attempts} allowed attempt(s)"
+
+
+def _orphaned(job: JobRow, now: datetime, holder_alive: Callable[[str], bool]) -> bool:
+    if job.lease_expires_at is not None and job.lease_expires_at < now:
+        return True
+    return job.worker_id is not None and not holder_alive(job.worker_id)
+
+
+def _changed(result: Any) -> bool:
+    return int(result.rowcount) == 1
+
+
+def renew_lease(*, session: Session, job_id: str, worker_id: str, lease_seconds: float) -> tuple[bool, bool]:
+    """Extend this worker's lease on a running job. Returns (still ours, cancel requested)."""
+    renewed = session.execute(
+        update(JobRow)
+        .where(JobRow.id == job_id, JobRow.status == JobStatus.RUNNING, JobRow.worker_id == worker_id)
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+    )
+    cancel = session.scalar(select(JobRow.cancel_requested).where(JobRow.id == job_id))
+    return _changed(renewed), bool(cancel)
 
 
 def record_epoch(*, session: Session, job_id: str, epoch: int, metrics: dict[str, float | None]) -> None:
@@ -69,25 +154,96 @@ def record_epoch(*, session: Session, job_id: str, epoch: int, metrics: dict[str
     session.execute(update(JobRow).where(JobRow.id == job_id).values(epoch=epoch))
 
 
-def complete_job(*, session: Session, job_id: str, model: ModelRow, evaluation: dict[str, float | None] | None) -> bool:
-    """running → succeeded and the model published, in one transaction. False if the job is no longer running."""
+def complete_job(
+    *,
+    session: Session,
+    job_id: str,
+    worker_id: str,
+    model: ModelRow,
+    evaluation: dict[str, float | None] | None,
+) -> bool:
+    """running → succeeded and the model published, in one transaction. False if the job is no longer this
+    worker's to finish (cancelled, or taken over after its lease ran out)."""
     done = session.execute(
         update(JobRow)
-        .where(JobRow.id == job_id, JobRow.status == JobStatus.RUNNING)
-        .values(status=JobStatus.SUCCEEDED, finished_at=utcnow(), model_id=model.id, evaluation=evaluation)
+        .where(
+            JobRow.id == job_id,
+            JobRow.status == JobStatus.RUNNING,
+            JobRow.worker_id == worker_id,
+            JobRow.cancel_requested.is_(False),
+        )
+        .values(
+            status=JobStatus.SUCCEEDED,
+            finished_at=utcnow(),
+            model_id=model.id,
+            evaluation=evaluation,
+            lease_expires_at=None,
+        )
     )
-    if done.rowcount != 1:  # type: ignore[attr-defined]
+    if not _changed(done):
         return False
     registry.add_version(session=session, model=model)
     return True
 
 
-def fail_job(*, session: Session, job_id: str, error_type: str, message: str) -> None:
+def fail_job(*, session: Session, job_id: str, worker_id: str, error_type: str, message: str) -> None:
     session.execute(
         update(JobRow)
-        .where(JobRow.id == job_id, JobRow.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
-        .values(status=JobStatus.FAILED, finished_at=utcnow(), error_type=error_type, error_message=message)
+        .where(JobRow.id == job_id, JobRow.status == JobStatus.RUNNING, JobRow.worker_id == worker_id)
+        .values(
+            status=JobStatus.FAILED,
+            finished_at=utcnow(),
+            error_type=error_type,
+            error_message=message,
+            lease_expires_at=None,
+        )
     )
+
+
+def finish_cancelled(*, session: Session, job_id: str, worker_id: str) -> bool:
+    """A running job whose cancel was requested stops: running → cancelled."""
+    done = session.execute(
+        update(JobRow)
+        .where(JobRow.id == job_id, JobRow.status == JobStatus.RUNNING, JobRow.worker_id == worker_id)
+        .values(status=JobStatus.CANCELLED, finished_at=utcnow(), lease_expires_at=None)
+    )
+    return _changed(done)
+
+
+class CancelOutcome(enum.Enum):
+    CANCELLED = "cancelled"  # it was queued (or already cancelled): nothing will run
+    REQUESTED = "requested"  # it is running: the worker stops at its next batch
+    FINISHED = "finished"  # it had already succeeded or failed
+    MISSING = "missing"
+
+
+def request_cancel(*, session: Session, job_id: str) -> CancelOutcome:
+    """Cancel a job; asking again is harmless."""
+    for _ in range(3):  # the job may change state between the read and the write; each write is a CAS
+        job = session.get(JobRow, job_id, populate_existing=True)
+        if job is None:
+            return CancelOutcome.MISSING
+        if job.status == JobStatus.CANCELLED:
+            return CancelOutcome.CANCELLED
+        if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+            return CancelOutcome.FINISHED
+        if job.status == JobStatus.QUEUED:
+            done = session.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.status == JobStatus.QUEUED)
+                .values(status=JobStatus.CANCELLED, finished_at=utcnow(), cancel_requested=True)
+            )
+            if _changed(done):
+                return CancelOutcome.CANCELLED
+        else:
+            done = session.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.status == JobStatus.RUNNING)
+                .values(cancel_requested=True)
+            )
+            if _changed(done):
+                return CancelOutcome.REQUESTED
+    raise RuntimeError(f"job {job_id} kept changing state while being cancelled")
 
 
 def get_model(*, session: Session, model_id: str) -> ModelRow | None:
@@ -100,3 +256,59 @@ def list_models(*, session: Session, limit: int, offset: int) -> tuple[Sequence[
         select(ModelRow).order_by(ModelRow.created_at.desc(), ModelRow.id.desc()).limit(limit).offset(offset)
     ).all()
     return rows, count
+
+
+def mark_dispatched(*, session: Session, job_id: str) -> None:
+    session.execute(update(JobRow).where(JobRow.id == job_id).values(dispatched_at=utcnow()))
+
+
+def orphaned_jobs(*, session: Session, now: datetime) -> Sequence[JobRow]:
+    """Running jobs whose lease has run out: their worker died or lost touch."""
+    return session.scalars(
+        select(JobRow).where(JobRow.status == JobStatus.RUNNING, JobRow.lease_expires_at < now)
+    ).all()
+
+
+def release_orphan(*, session: Session, job: JobRow, max_attempts: int) -> JobStatus | None:
+    """An orphaned running job goes back to `queued` (to be sent again), or to `failed` once its attempts are
+    spent, or to `cancelled` if that was asked. One compare-and-set: of several reconcilers, one wins."""
+    if job.cancel_requested:
+        target, values = JobStatus.CANCELLED, {}
+    elif job.attempts >= max_attempts:
+        target = JobStatus.FAILED
+        values = {"error_type": "WorkerLost", "error_message": worker_lost_message(job.attempts)}
+    else:
+        target, values = JobStatus.QUEUED, {}
+    finished = {"finished_at": utcnow()} if target != JobStatus.QUEUED else {}
+    done = session.execute(
+        update(JobRow)
+        .where(
+            JobRow.id == job.id,
+            JobRow.status == JobStatus.RUNNING,
+            JobRow.worker_id == job.worker_id,
+            JobRow.attempts == job.attempts,
+            JobRow.lease_expires_at == job.lease_expires_at,
+        )
+        .values(status=target, lease_expires_at=None, **values, **finished)
+    )
+    return target if _changed(done) else None
+
+
+def undispatched_jobs(*, session: Session, sent_before: datetime) -> Sequence[JobRow]:
+    """Queued jobs whose message was sent (or should have been) before ``sent_before``."""
+    sent = func.coalesce(JobRow.dispatched_at, JobRow.created_at)
+    return session.scalars(select(JobRow).where(JobRow.status == JobStatus.QUEUED, sent < sent_before)).all()
+
+
+def claim_redispatch(*, session: Session, job: JobRow) -> bool:
+    """Take the right to send a queued job's message again (CAS on when it was last sent)."""
+    done = session.execute(
+        update(JobRow)
+        .where(
+            JobRow.id == job.id,
+            JobRow.status == JobStatus.QUEUED,
+            JobRow.dispatched_at.is_(None) if job.dispatched_at is None else JobRow.dispatched_at == job.dispatched_at,
+        )
+        .values(dispatched_at=utcnow())
+    )
+    return _changed(done)

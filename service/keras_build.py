@@ -93,8 +93,34 @@ def runnable_copy(spec: ModelSpec, display: keras.Sequential) -> keras.Sequentia
     )
 
 
-def dry_build(request: TrainRequest, info: DatasetInfo) -> DryBuild:
-    """Build the model as the worker will and check it against the dataset, without training anything."""
+def estimate_params(spec: ModelSpec) -> int | None:
+    """The model's parameter count from shapes alone, allocating no weights; None when a shape cannot be worked
+    out (building the model then says why)."""
+    shape: tuple[int | None, ...] = (None, *spec.input_shape)
+    total = 0
+    for layer_spec in spec.layers:
+        total += layer_spec.params(shape)
+        try:
+            shape = tuple(layer_spec.build().compute_output_shape(shape))
+        except Exception:
+            return None
+    return total
+
+
+def too_many_params(count: int, limit: int) -> str:
+    return (
+        f"the model has {count:,} parameters, more than this service allows: at most {limit:,} "
+        f"(TRAINSERVE_MAX_MODEL_PARAMS)"
+    )
+
+
+def dry_build(request: TrainRequest, info: DatasetInfo, max_params: int | None = None) -> DryBuild:
+    """Build the model as the worker will and check it against the dataset, without training anything.
+    A model over ``max_params`` is refused before its weights are allocated."""
+    if max_params is not None:
+        estimate = estimate_params(request.model)
+        if estimate is not None and estimate > max_params:
+            raise SpecError([(("model",), too_many_params(estimate, max_params))])
     problems: list[tuple[Path, str]] = []
     if tuple(request.model.input_shape) != info.input_shape:
         problems.append(
@@ -113,7 +139,10 @@ def dry_build(request: TrainRequest, info: DatasetInfo) -> DryBuild:
     problem = check_output(request.compile, output_shape, info)
     if problem:
         raise SpecError([(last, problem)])
-    return DryBuild(total_params=model.count_params(), output_shape=output_shape)
+    total = model.count_params()
+    if max_params is not None and total > max_params:
+        raise SpecError([(("model",), too_many_params(total, max_params))])
+    return DryBuild(total_params=total, output_shape=output_shape)
 
 
 def check_output(compile_spec: CompileSpec, output_shape: tuple[int | None, ...], info: DatasetInfo) -> str | None:

@@ -54,8 +54,8 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(
         default=1, ge=1, description="Training processes per worker (each keeps TensorFlow loaded)."
     )
-    job_time_limit: int = Field(
-        default=3600, ge=10, description="Seconds one training job may run before it fails with `timeout`."
+    job_time_limit: float = Field(
+        default=3600, gt=0, description="Seconds one training job may run before it fails with `timeout`."
     )
     predict_cache_size: int = Field(default=8, ge=1, description="Loaded models kept in memory by the API.")
     predict_cache_bytes: int = Field(
@@ -81,6 +81,35 @@ class Settings(BaseSettings):
     )
     log_level: str = Field(default="INFO", description="Log level of the API and the worker.")
 
+    # Recovery
+    max_attempts: int = Field(
+        default=3, ge=1, description="Times a job is started before a dying worker makes it fail for good."
+    )
+    lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="A running job's worker renews its lease this often (a third of it); a job whose lease "
+        "has run out is taken as orphaned and started again.",
+    )
+    reconcile_interval: float = Field(
+        default=10.0, gt=0, description="Seconds between a worker's checks for orphaned jobs and lost messages."
+    )
+
+    # Limits
+    max_request_bytes: int = Field(
+        default=128 * 1024 * 1024, ge=1024, description="Largest request body (413 beyond), uploads aside."
+    )
+    max_model_params: int = Field(default=50_000_000, ge=1, description="Largest model, in parameters.")
+    max_epochs: int = Field(default=1000, ge=1, description="Most epochs one job may ask for.")
+    max_layers: int = Field(default=100, ge=1, description="Most layers one model may have.")
+
+    # Access
+    api_keys: str = Field(
+        default="",
+        description="Comma-separated API keys; when set, every endpoint but health and docs needs "
+        "`Authorization: Bearer KEY`. A key written `KEY:read` may only read and predict.",
+    )
+
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
         self.home = self.home.expanduser().resolve()
@@ -105,7 +134,7 @@ class Settings(BaseSettings):
     @property
     def visibility_timeout(self) -> int:
         """Redis redelivers an unacknowledged message after this many seconds: keep it past any job's end."""
-        return self.job_time_limit + 600
+        return int(self.job_time_limit) + 600
 
 
 @lru_cache(maxsize=1)

@@ -151,6 +151,11 @@ class LayerSpec(Strict):
     def build(self) -> Any:
         raise NotImplementedError
 
+    def params(self, input_shape: tuple[int | None, ...]) -> int:
+        """Parameters this layer adds on an input of this shape (checked against Keras' own count in tests),
+        so a model's size is known before any weight is allocated."""
+        return 0
+
 
 class FlattenLayer(LayerSpec):
     """Flattens every dimension but the batch one (keras.layers.Flatten)."""
@@ -175,6 +180,9 @@ class DenseLayer(LayerSpec):
         from keras import layers
 
         return layers.Dense(self.units, activation=self.activation, use_bias=self.use_bias, name=self.name)
+
+    def params(self, input_shape: tuple[int | None, ...]) -> int:
+        return self.units * ((input_shape[-1] or 0) + int(self.use_bias))
 
 
 class DropoutLayer(LayerSpec):
@@ -226,6 +234,11 @@ class Conv2DLayer(LayerSpec):
             name=self.name,
         )
 
+    def params(self, input_shape: tuple[int | None, ...]) -> int:
+        kernel = _pair(self.kernel_size)
+        height, width = (kernel, kernel) if isinstance(kernel, int) else kernel
+        return self.filters * (height * width * (input_shape[-1] or 0) + int(self.use_bias))
+
 
 class MaxPooling2DLayer(LayerSpec):
     """Max pooling over (height, width, channels) inputs (keras.layers.MaxPooling2D)."""
@@ -257,6 +270,10 @@ class BatchNormalizationLayer(LayerSpec):
         return layers.BatchNormalization(
             momentum=self.momentum, epsilon=self.epsilon, center=self.center, scale=self.scale, name=self.name
         )
+
+    def params(self, input_shape: tuple[int | None, ...]) -> int:
+        # gamma and beta when scaled and centred, and the moving mean and variance
+        return (int(self.center) + int(self.scale) + 2) * (input_shape[-1] or 0)
 
 
 LAYER_TYPES: tuple[type[LayerSpec], ...] = (
@@ -447,7 +464,7 @@ class ModelSpec(Strict):
     input_shape: list[PositiveInt] = Field(
         min_length=1, max_length=4, description="Shape of one sample, without the batch dimension."
     )
-    layers: list[Layer] = Field(min_length=1, max_length=100)
+    layers: list[Layer] = Field(min_length=1, max_length=1000, description="Also capped by TRAINSERVE_MAX_LAYERS.")
 
 
 def _metrics_list(value: Any) -> Any:
@@ -512,7 +529,7 @@ class DatasetSpec(Strict):
 
 
 class FitSpec(Strict):
-    epochs: int = Field(default=5, ge=1, le=1000)
+    epochs: int = Field(default=5, ge=1, le=100_000, description="Also capped by TRAINSERVE_MAX_EPOCHS.")
     batch_size: int = Field(default=32, ge=1, le=65_536)
     validation_split: float = Field(default=0.0, ge=0.0, lt=1.0, description="Fraction used for val_* metrics.")
     seed: int | None = Field(default=None, description="Seeds Python, NumPy and Keras for a repeatable run.")

@@ -67,16 +67,13 @@ def settings(tmp_path_factory: pytest.TempPathFactory, redis_url: str, keras_cac
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    return {
-        **os.environ,
-        "TRAINSERVE_HOME": str(settings.home),
-        "TRAINSERVE_REDIS_URL": settings.redis_url,
-        "TRAINSERVE_DATABASE_URL": settings.database_url,
-        "TRAINSERVE_MODEL_STORE": str(settings.store_dir),
-        "TRAINSERVE_KERAS_CACHE": str(settings.keras_cache),
-        "TRAINSERVE_QUEUE": settings.queue,
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    }
+    """The environment that gives a child process exactly these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINSERVE_")}
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            env[f"TRAINSERVE_{name.upper()}"] = str(value)
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    return env
 
 
 def wait_for_log(path: Path, text: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:

@@ -225,3 +225,32 @@ def test_openapi_has_the_chapter_example_and_the_error_shape(client: TestClient)
     docs = client.get("/docs")
     assert docs.status_code == 200
     assert "swagger-ui" in docs.text
+
+
+def test_parameter_estimate_equals_keras_count() -> None:
+    """Models are sized before any weight is allocated: the estimate must be Keras' own count."""
+    from service.keras_build import estimate_params
+
+    bodies = [body["model"] for body in chapter_examples().values()]
+    bodies.append(
+        {
+            "input_shape": [28, 28, 3],
+            "layers": [
+                {"type": "conv2d", "filters": 8, "kernel_size": [3, 5], "padding": "same"},
+                {"type": "batch_normalization", "center": False},
+                {"type": "max_pooling2d"},
+                {"type": "conv2d", "filters": 4, "kernel_size": 3, "use_bias": False},
+                {"type": "batch_normalization"},
+                {"type": "flatten"},
+                {"type": "dropout", "rate": 0.5},
+                {"type": "dense", "units": 7, "use_bias": False},
+                {"type": "reshape", "target_shape": [7, 1]},
+                {"type": "flatten"},
+                {"type": "dense", "units": 3},
+            ],
+        }
+    )
+    for body in bodies:
+        spec = TrainRequest.model_validate({**chapter_request(), "model": body}).model
+        keras.backend.clear_session()
+        assert estimate_params(spec) == build_model(spec).count_params()

@@ -14,7 +14,7 @@ from sklearn.datasets import load_digits
 from service.datasets import FASHION_MNIST_CLASSES
 from service.settings import Settings
 from tests.conftest import WorkerProcess, chapter_request, train, wait_for_job
-from worker.celery_app import TRAIN_TASK
+from worker.dispatch import TRAIN_TASK
 
 pytestmark = pytest.mark.slow
 
@@ -200,15 +200,17 @@ def test_conv2d_model_trains_on_digits_reshaped(client: TestClient) -> None:
 
 
 def test_unknown_ids_are_404(client: TestClient) -> None:
-    for path in (
-        "/jobs/0123456789abcdef0123456789abcdef",
-        "/models/nope",
-        "/models/nope/summary",
-        "/models/x/download",
-    ):
+    unknown = "0123456789abcdef0123456789abcdef"
+    for path in (f"/jobs/{unknown}", f"/models/{unknown}", f"/models/{unknown}/summary", f"/models/{unknown}/download"):
         response = client.get(path)
         assert response.status_code == 404, path
         assert response.json()["error"]["type"] == "not_found"
+    # Malformed ids never reach the database or the model store.
+    for path in ("/jobs/nope", "/models/..%2F..%2Fetc%2Fpasswd/download", "/models/ABC/summary"):
+        response = client.get(path)
+        assert response.status_code in (404, 422), path
+        if response.status_code == 422:
+            assert response.json()["error"]["errors"][0]["path"] == "path.job_id" or "model_id" in response.text
     response = client.post("/predict", json={"model_id": "nope", "instances": [[1]]})
     assert response.status_code == 404
     assert response.json()["error"]["message"] == "no model with id 'nope'"

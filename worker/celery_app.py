@@ -12,8 +12,6 @@ from celery.signals import worker_process_init
 
 from service.settings import Settings, get_settings
 
-TRAIN_TASK = "trainserve.train"
-
 log = logging.getLogger(__name__)
 
 
@@ -32,6 +30,9 @@ def make_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # A new pool process imports TensorFlow before it reports up (several seconds on a busy machine); Celery's
+        # default of 4 s would kill it and fork another, forever.
+        worker_proc_alive_timeout=120,
         worker_concurrency=settings.worker_concurrency,
         task_soft_time_limit=settings.job_time_limit,
         task_time_limit=settings.job_time_limit + 60,
@@ -44,6 +45,9 @@ def make_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         imports=["worker.tasks"],
     )
+    from worker.reconciler import Reconciler
+
+    app.steps["worker"].add(Reconciler)
     return app
 
 

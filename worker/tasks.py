@@ -5,7 +5,8 @@ from __future__ import annotations
 from celery import Task
 
 from service.settings import get_settings
-from worker.celery_app import TRAIN_TASK, app
+from worker.celery_app import app
+from worker.dispatch import TRAIN_TASK
 
 
 @app.task(name=TRAIN_TASK, bind=True)

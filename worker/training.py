@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,45 +81,169 @@ class EpochReporter(keras.callbacks.Callback):  # type: ignore[misc]
             jobs.record_epoch(session=session, job_id=self.job_id, epoch=epoch + 1, metrics=_finite(logs))
 
 
+class JobStoppedError(Exception):
+    """Training stopped early: the job was cancelled, ran out of time, or is no longer this worker's."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class JobRun:
+    """One attempt at one job in this process: its identity, its deadline, and a lease kept alive in the
+    background. The lease thread also picks up cancel requests, which the training callback acts on."""
+
+    def __init__(self, job_id: str, settings: Settings) -> None:
+        self.job_id = job_id
+        self.settings = settings
+        self.worker_id = worker_identity()
+        self.deadline = time.monotonic() + settings.job_time_limit
+        self.cancel = threading.Event()
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._keep_lease, name=f"lease-{job_id}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _keep_lease(self) -> None:
+        # A third of the lease, so two renewals can fail before anyone takes the job over; at most a second, so
+        # that a cancel request is seen promptly.
+        interval = min(self.settings.lease_seconds / 3, 1.0)
+        while not self._stop.wait(interval):
+            try:
+                with session_scope(self.settings.database_url) as session:
+                    ours, cancel = jobs.renew_lease(
+                        session=session,
+                        job_id=self.job_id,
+                        worker_id=self.worker_id,
+                        lease_seconds=self.settings.lease_seconds,
+                    )
+            except Exception:
+                log.exception("job %s: could not renew its lease", self.job_id)
+                continue
+            if cancel:
+                self.cancel.set()
+            if not ours:
+                self.lost.set()
+                return
+
+    def check(self) -> None:
+        """Raise JobStoppedError if training must stop now."""
+        if self.cancel.is_set():
+            raise JobStoppedError("cancelled")
+        if self.lost.is_set():
+            raise JobStoppedError("lost")
+        if time.monotonic() > self.deadline:
+            raise JobStoppedError("timeout")
+
+
+class JobGuard(keras.callbacks.Callback):  # type: ignore[misc]
+    """Stops training at the next batch once the job is cancelled, past its time limit, or taken over."""
+
+    def __init__(self, run: JobRun) -> None:
+        super().__init__()
+        self.run = run
+        self.stopped: JobStoppedError | None = None
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        try:
+            self.run.check()
+        except JobStoppedError as stop:
+            self.stopped = stop
+            self.model.stop_training = True
+
+
+def worker_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def holder_alive(worker_id: str) -> bool:
+    """Whether the process that holds a job still runs; only known for processes on this host."""
+    host, _, pid = worker_id.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True  # another host: its lease tells
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def run_job(job_id: str, settings: Settings) -> str:
     """Train the job if this call wins the claim; returns the job's resulting status."""
     url = settings.database_url
+    run = JobRun(job_id, settings)
     with session_scope(url) as session:
-        if not jobs.claim_job(session=session, job_id=job_id):
-            job = jobs.get_job(session=session, job_id=job_id)
-            status = job.status if job else "missing"
-            log.warning("job %s not claimed (status %s): another delivery has it or it has ended", job_id, status)
-            return status
+        claim = jobs.claim_job(
+            session=session,
+            job_id=job_id,
+            worker_id=run.worker_id,
+            lease_seconds=settings.lease_seconds,
+            max_attempts=settings.max_attempts,
+            holder_alive=holder_alive,
+        )
         job = jobs.get_job(session=session, job_id=job_id)
-        assert job is not None
+        if claim is not jobs.Claim.CLAIMED or job is None:
+            status = job.status if job else "missing"
+            log.warning("job %s not started (%s, status %s)", job_id, claim.value, status)
+            return str(status)
         request = TrainRequest.model_validate(job.spec)
-    log.info("job %s: training started", job_id)
+        attempt = job.attempts
+    log.info("job %s: attempt %d started in %s", job_id, attempt, run.worker_id)
+    run.start()
     try:
-        return _train(job_id, request, settings)
+        return _train(run, request)
+    except JobStoppedError as stop:
+        return _stopped(run, stop.reason)
     except SoftTimeLimitExceeded:
-        return _fail(url, job_id, "timeout", f"the job ran past the time limit of {settings.job_time_limit} s")
+        return _stopped(run, "timeout")
     except DatasetUnavailableError as exc:
-        return _fail(url, job_id, "DatasetUnavailable", str(exc))
+        return _fail(run, "DatasetUnavailable", str(exc))
     except Exception as exc:
         log.exception("job %s failed", job_id)
-        return _fail(url, job_id, type(exc).__name__, str(exc) or repr(exc))
+        return _fail(run, type(exc).__name__, str(exc) or repr(exc))
     finally:
+        run.stop()
         keras.backend.clear_session()
 
 
-def _fail(url: str, job_id: str, error_type: str, message: str) -> str:
-    with session_scope(url) as session:
-        jobs.fail_job(session=session, job_id=job_id, error_type=error_type, message=message)
-    log.info("job %s failed: %s: %s", job_id, error_type, message)
+def _stopped(run: JobRun, reason: str) -> str:
+    if reason == "cancelled":
+        with session_scope(run.settings.database_url) as session:
+            jobs.finish_cancelled(session=session, job_id=run.job_id, worker_id=run.worker_id)
+        log.info("job %s cancelled", run.job_id)
+        return "cancelled"
+    if reason == "timeout":
+        limit = run.settings.job_time_limit
+        return _fail(run, "timeout", f"the job ran past its time limit of {limit:g} s (TRAINSERVE_JOB_TIME_LIMIT)")
+    log.warning("job %s was taken over by another worker; this attempt stops", run.job_id)
+    return "lost"
+
+
+def _fail(run: JobRun, error_type: str, message: str) -> str:
+    with session_scope(run.settings.database_url) as session:
+        jobs.fail_job(
+            session=session, job_id=run.job_id, worker_id=run.worker_id, error_type=error_type, message=message
+        )
+    log.info("job %s failed: %s: %s", run.job_id, error_type, message)
     return "failed"
 
 
-def _train(job_id: str, request: TrainRequest, settings: Settings) -> str:
+def _train(run: JobRun, request: TrainRequest) -> str:
+    job_id, settings = run.job_id, run.settings
     keras.backend.clear_session()
     if request.fit.seed is not None:
         keras.utils.set_random_seed(request.fit.seed)
     info, data = load_training_data(request.dataset, settings)
     splits = prepare(request, data, info.num_classes)
+    run.check()
 
     display = build_model(request.model)
     summary = summarize(display)  # the user's names, before compile, as model.summary() reads in a notebook
@@ -128,9 +256,11 @@ def _train(job_id: str, request: TrainRequest, settings: Settings) -> str:
         batch_size=request.fit.batch_size,
         validation_split=request.fit.validation_split,
         shuffle=request.fit.shuffle,
-        callbacks=[EpochReporter(job_id, settings.database_url)],
+        callbacks=[guard := JobGuard(run), EpochReporter(job_id, settings.database_url)],
         verbose=0,
     )
+    if guard.stopped is not None:
+        raise guard.stopped
     evaluation = None
     if splits.x_test is not None and splits.y_test is not None:
         scores = model.evaluate(splits.x_test, splits.y_test, batch_size=256, verbose=0, return_dict=True)
@@ -161,16 +291,19 @@ def _train(job_id: str, request: TrainRequest, settings: Settings) -> str:
             size_bytes=final.stat().st_size,
         )
         with session_scope(settings.database_url) as session:
-            published = jobs.complete_job(session=session, job_id=job_id, model=row, evaluation=evaluation)
+            published = jobs.complete_job(
+                session=session, job_id=job_id, worker_id=run.worker_id, model=row, evaluation=evaluation
+            )
     except BaseException:
         final.unlink(missing_ok=True)
         raise
     finally:
         temp.unlink(missing_ok=True)
     if not published:
-        # The job left `running` while it trained (cancelled or failed elsewhere): keep no model for it.
+        # Cancelled while saving, or no longer this worker's job: keep no model for it.
         final.unlink(missing_ok=True)
-        log.warning("job %s ended elsewhere while training; its model was discarded", job_id)
-        return "discarded"
+        log.warning("job %s: model discarded, the job was cancelled or taken over meanwhile", job_id)
+        run.cancel.set()  # if it is still ours, it can only have been cancelled
+        return _stopped(run, "cancelled")
     log.info("job %s succeeded: model %s", job_id, model_id)
     return "succeeded"

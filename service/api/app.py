@@ -6,11 +6,14 @@ import importlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
+from fastapi.openapi.utils import get_openapi
 
 from service.api import errors
+from service.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, parse_api_keys
 from service.api.predictor import Serving
 from service.api.routers import datasets, health, jobs, metrics, models, predict, tfserving, train, v2
 from service.db import get_engine
@@ -53,6 +56,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.celery = make_celery(settings)
     app.state.serving = Serving(settings)
     errors.install(app)
+    # Outermost last: the key is checked before the body is read.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(ApiKeyMiddleware, keys=parse_api_keys(settings.api_keys))
+    if settings.api_keys:
+        _document_bearer_auth(app)
     for module in (train, jobs, models, predict, tfserving, v2, datasets, health, metrics):
         app.include_router(module.router)
     return app
+
+
+def _document_bearer_auth(app: FastAPI) -> None:
+    """Show the API-key requirement in /docs (with an Authorize button)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            schema.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+            schema["security"] = [{"bearer": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

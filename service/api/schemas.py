@@ -40,6 +40,8 @@ class JobRead(BaseModel):
     evaluation: dict[str, Any] | None = Field(description="Metrics on the held-out split, when there is one.")
     model_id: str | None
     error: JobError | None
+    cancel_requested: bool
+    worker: str | None = Field(description="The worker process (host:pid) that runs or last ran the job.")
     spec: dict[str, Any]
 
     @classmethod
@@ -58,6 +60,8 @@ class JobRead(BaseModel):
             evaluation=job.evaluation,
             model_id=job.model_id,
             error=error,
+            cancel_requested=job.cancel_requested,
+            worker=job.worker_id,
             spec=job.spec,
         )
 

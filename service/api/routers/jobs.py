@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Response
 
 from service import jobs
 from service.api.deps import SessionDep
-from service.api.errors import not_found, responses
+from service.api.errors import ApiError, not_found, responses
 from service.api.schemas import JobList, JobRead
-from service.db import JobStatus
+from service.db import ID_PATTERN, JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
-JobId = Annotated[str, Path(description="Job id as returned by POST /train.", max_length=64)]
+JobId = Annotated[str, Path(description="Job id as returned by POST /train.", pattern=ID_PATTERN)]
 
 
 @router.get("", response_model=JobList, responses=responses(422))
@@ -35,5 +35,27 @@ def get_job(job_id: JobId, session: SessionDep) -> JobRead:
     job = jobs.get_job(session=session, job_id=job_id)
     if job is None:
         raise not_found("job", job_id)
+    history = jobs.job_history(session=session, job_ids=[job.id])
+    return JobRead.from_row(job, history[job.id])
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobRead,
+    responses={**responses(404, 409), 202: {"model": JobRead, "description": "Running: it stops at its next batch."}},
+)
+def cancel_job(job_id: JobId, session: SessionDep, response: Response) -> JobRead:
+    """Cancel a job. A queued job is `cancelled` at once (200). A running one stops at its next batch and
+    publishes no model (202; poll the job). Cancelling again is harmless; a finished job is a 409."""
+    outcome = jobs.request_cancel(session=session, job_id=job_id)
+    session.commit()
+    if outcome is jobs.CancelOutcome.MISSING:
+        raise not_found("job", job_id)
+    job = jobs.get_job(session=session, job_id=job_id)
+    assert job is not None
+    if outcome is jobs.CancelOutcome.FINISHED:
+        raise ApiError(409, "job_finished", f"job {job_id} has already {job.status}; there is nothing to cancel")
+    if outcome is jobs.CancelOutcome.REQUESTED:
+        response.status_code = 202
     history = jobs.job_history(session=session, job_ids=[job.id])
     return JobRead.from_row(job, history[job.id])

@@ -11,12 +11,12 @@ from service import jobs
 from service.api.deps import SessionDep, SettingsDep
 from service.api.errors import ApiError, not_found, responses
 from service.api.schemas import ModelList, ModelRead, ModelSummary
-from service.db import ModelRow
+from service.db import ID_PATTERN, ModelRow
 from service.store import StoreError, verified_path
 
 router = APIRouter(prefix="/models", tags=["models"])
 
-ModelId = Annotated[str, Path(description="Model id, from a succeeded job.", max_length=64)]
+ModelId = Annotated[str, Path(description="Model id, from a succeeded job.", pattern=ID_PATTERN)]
 
 
 def _model(session: SessionDep, model_id: str) -> ModelRow:

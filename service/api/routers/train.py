@@ -2,58 +2,134 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-from fastapi import APIRouter, Body, Response
+from fastapi import APIRouter, Body, Header, Response
+from sqlalchemy.exc import IntegrityError
 
 from service import jobs, uploads
-from service.api.deps import CeleryDep, SessionDep
+from service.api.deps import CeleryDep, SessionDep, SettingsDep
 from service.api.errors import ApiError, item, responses, validation_error
 from service.api.schemas import JobCreated
-from service.db import JobStatus
+from service.db import JobRow, JobStatus
 from service.examples import openapi_examples
+from service.settings import Settings
 from service.spec import TrainRequest
-from worker.celery_app import TRAIN_TASK
+from worker.dispatch import send_train
+
+if TYPE_CHECKING:
+    from service.keras_build import DryBuild
 
 router = APIRouter(tags=["training"])
 log = logging.getLogger(__name__)
 
 
-def _dry_build(request: TrainRequest, session: SessionDep) -> None:
+def _dry_build(request: TrainRequest, session: SessionDep, settings: Settings) -> DryBuild:
     from service.keras_build import SpecError, dry_build
 
     try:
-        dry_build(request, uploads.dataset_info(session=session, spec=request.dataset))
+        info = uploads.dataset_info(session=session, spec=request.dataset)
+        return dry_build(request, info, max_params=settings.max_model_params)
     except (SpecError, uploads.UnknownDatasetError) as exc:
         raise validation_error([item(path, message) for path, message in exc.problems]) from exc
+
+
+def _check_size(request: TrainRequest, settings: Settings) -> None:
+    problems = []
+    if request.fit.epochs > settings.max_epochs:
+        problems.append(
+            item(
+                ["fit", "epochs"],
+                f"{request.fit.epochs} epochs is more than this service allows: at most {settings.max_epochs} "
+                f"(TRAINSERVE_MAX_EPOCHS)",
+            )
+        )
+    if len(request.model.layers) > settings.max_layers:
+        problems.append(
+            item(
+                ["model", "layers"],
+                f"{len(request.model.layers)} layers is more than this service allows: at most "
+                f"{settings.max_layers} (TRAINSERVE_MAX_LAYERS)",
+            )
+        )
+    if problems:
+        raise validation_error(problems)
+
+
+def _request_hash(request: TrainRequest) -> str:
+    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _replay(job: JobRow, request_sha256: str, key: str, response: Response) -> JobCreated:
+    """The answer to a repeated Idempotency-Key: the first job, if the request is the same."""
+    if job.request_sha256 != request_sha256:
+        raise ApiError(
+            409,
+            "idempotency_key_reused",
+            f"Idempotency-Key {key!r} was already used with a different request (job {job.id})",
+        )
+    response.headers["Location"] = f"/jobs/{job.id}"
+    response.headers["Idempotent-Replayed"] = "true"
+    return JobCreated(job_id=job.id, status=JobStatus(job.status))
 
 
 @router.post(
     "/train",
     status_code=202,
     response_model=JobCreated,
-    responses=responses(422, 503),
+    responses=responses(409, 413, 422, 503),
     summary="Queue a training job",
 )
 def train(
     request: Annotated[TrainRequest, Body(openapi_examples=openapi_examples())],
     response: Response,
     session: SessionDep,
+    settings: SettingsDep,
     celery: CeleryDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=200,
+            description="Send the same key again (after a timeout, say) to get the first job instead of a second.",
+        ),
+    ] = None,
 ) -> JobCreated:
     """Validate the spec, build the model once without training it (so shape errors are a 422 now, not a failed
     job later), record the job and queue it. Poll `Location` (`GET /jobs/{job_id}`) for progress."""
-    _dry_build(request, session)
-    job = jobs.create_job(session=session, request=request)
-    session.commit()
+    request_sha256 = _request_hash(request)
+    if idempotency_key is not None:
+        earlier = jobs.get_job_by_idempotency_key(session=session, key=idempotency_key)
+        if earlier is not None:
+            return _replay(earlier, request_sha256, idempotency_key, response)
+    _check_size(request, settings)
+    _dry_build(request, session, settings)
+    job = jobs.create_job(
+        session=session, request=request, idempotency_key=idempotency_key, request_sha256=request_sha256
+    )
     try:
-        celery.send_task(TRAIN_TASK, args=[job.id], task_id=job.id)
+        session.commit()
+    except IntegrityError:
+        # The same Idempotency-Key arrived twice at once and the other request recorded its job first.
+        session.rollback()
+        earlier = jobs.get_job_by_idempotency_key(session=session, key=idempotency_key or "")
+        if earlier is None:
+            raise
+        return _replay(earlier, request_sha256, idempotency_key or "", response)
+    try:
+        send_train(celery, job.id)
     except Exception as exc:
         # Not queued means not accepted: remove the record rather than leave a job nobody will run.
         log.error("could not queue job %s: %s", job.id, exc)
         session.delete(job)
         session.commit()
         raise ApiError(503, "broker_unavailable", "the job queue is unreachable; try again shortly") from exc
+    jobs.mark_dispatched(session=session, job_id=job.id)
+    session.commit()
     response.headers["Location"] = f"/jobs/{job.id}"
     return JobCreated(job_id=job.id, status=JobStatus.QUEUED)
