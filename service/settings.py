@@ -80,6 +80,9 @@ class Settings(BaseSettings):
         default=10_000, ge=1, description="Most instances one predict request may carry (413 beyond)."
     )
     log_level: str = Field(default="INFO", description="Log level of the API and the worker.")
+    sse_heartbeat: float = Field(
+        default=15.0, gt=0, description="Seconds between keep-alive comments on an idle event stream."
+    )
 
     # Recovery
     max_attempts: int = Field(

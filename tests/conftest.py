@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -143,3 +144,39 @@ def chapter_request(
     body["compile"]["optimizer"] = optimizer
     body["fit"]["epochs"] = epochs
     return body
+
+
+@pytest.fixture(scope="session")
+def live_url(settings: Settings, worker: WorkerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The API served for real by `trainserve api` (uvicorn), for clients that speak HTTP: browsers, the CLI,
+    event-stream readers."""
+    import httpx
+
+    from service.embedded import free_port
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("api") / "api.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "api", "--port", str(port)],
+            env=settings_env(settings),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the API did not start:\n{log.read_text(errors='replace')}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        stop_process(process)

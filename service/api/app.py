@@ -15,7 +15,7 @@ from fastapi.openapi.utils import get_openapi
 from service.api import errors
 from service.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, parse_api_keys
 from service.api.predictor import Serving
-from service.api.routers import datasets, health, jobs, metrics, models, predict, tfserving, train, v2
+from service.api.routers import datasets, health, job_events, jobs, metrics, models, predict, tfserving, train, v2
 from service.db import get_engine
 from service.settings import Settings, get_settings
 from worker.celery_app import make_celery
@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ApiKeyMiddleware, keys=parse_api_keys(settings.api_keys))
     if settings.api_keys:
         _document_bearer_auth(app)
-    for module in (train, jobs, models, predict, tfserving, v2, datasets, health, metrics):
+    for module in (train, jobs, job_events, models, predict, tfserving, v2, datasets, health, metrics):
         app.include_router(module.router)
     return app
 
