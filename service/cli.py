@@ -4,10 +4,25 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.markup import escape
 
+from service.client import (
+    EXIT_CODES,
+    EXIT_REFUSED,
+    Client,
+    ClientError,
+    jobs_table,
+    models_table,
+    predictions_table,
+    read_spec,
+    watch,
+)
 from service.settings import get_settings
 
 app = typer.Typer(
@@ -72,6 +87,111 @@ def worker(
             "--without-mingle",
         ]
     )
+
+
+Url = Annotated[str, typer.Option("--url", envvar="TRAINSERVE_URL", help="The running service.", show_default=True)]
+ApiKey = Annotated[
+    str | None, typer.Option("--api-key", envvar="TRAINSERVE_API_KEY", help="Sent as Authorization: Bearer.")
+]
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def _client(url: str, api_key: str | None) -> Client:
+    return Client(url=url, api_key=api_key)
+
+
+def _run(action: Callable[[], int | None]) -> None:
+    """Print a refused request as the API explains it, and exit 2."""
+    try:
+        code = action()
+    except ClientError as exc:
+        Console(stderr=True).print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(EXIT_REFUSED) from exc
+    raise typer.Exit(code or 0)
+
+
+@app.command("train")
+def train_command(
+    spec: Annotated[Path, typer.Argument(help="A training request as JSON, e.g. examples/digits_relu_adam.json.")],
+    watch_job: Annotated[
+        bool, typer.Option("--watch", help="Follow the job; exit 0 succeeded, 1 failed, 3 cancelled.")
+    ] = False,
+    url: Url = DEFAULT_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Queue a training job (and follow it with --watch)."""
+    console = Console()
+
+    def action() -> int:
+        client = _client(url, api_key)
+        created = client.json("POST", "/train", json=read_spec(spec))
+        console.print(f"job {created['job_id']} {created['status']}")
+        if not watch_job:
+            return 0
+        return EXIT_CODES.get(watch(client, created["job_id"], console), 1)
+
+    _run(action)
+
+
+@app.command("jobs")
+def jobs_command(
+    status: Annotated[str | None, typer.Option(help="Only jobs in this status.")] = None,
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    url: Url = DEFAULT_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """List jobs, newest first."""
+    params: dict[str, str | int] = {"limit": limit, **({"status": status} if status else {})}
+    _run(lambda: Console().print(jobs_table(_client(url, api_key).json("GET", "/jobs", params=params))))
+
+
+@app.command("models")
+def models_command(
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    url: Url = DEFAULT_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """List trained models, newest first."""
+    _run(lambda: Console().print(models_table(_client(url, api_key).json("GET", "/models", params={"limit": limit}))))
+
+
+@app.command("summary")
+def summary_command(
+    model_id: Annotated[str, typer.Argument(help="A model id.")], url: Url = DEFAULT_URL, api_key: ApiKey = None
+) -> None:
+    """Print a model's summary, as Keras' model.summary() does."""
+
+    def action() -> None:
+        response = _client(url, api_key).request("GET", f"/models/{model_id}/summary", params={"format": "text"})
+        Console(highlight=False).print(response.text, end="", markup=False)
+
+    _run(action)
+
+
+@app.command("predict")
+def predict_command(
+    model_id: Annotated[str, typer.Argument(help="A model id.")],
+    instances: Annotated[Path, typer.Argument(help="A .npy file: a batch of inputs in the dataset's units.")],
+    url: Url = DEFAULT_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Predict the classes of a batch of inputs stored as .npy."""
+
+    def action() -> None:
+        try:
+            body = instances.read_bytes()
+        except OSError as exc:
+            raise ClientError(f"cannot read {instances}: {exc}") from exc
+        answer = _client(url, api_key).json(
+            "POST",
+            "/predict",
+            params={"model_id": model_id},
+            content=body,
+            headers={"Content-Type": "application/x-npy"},
+        )
+        Console().print(predictions_table(answer))
+
+    _run(action)
 
 
 def main() -> None:
