@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +22,7 @@ from service.client import (
     read_spec,
     watch,
 )
+from service.logs import configure_logging
 from service.settings import get_settings
 
 app = typer.Typer(
@@ -37,9 +37,8 @@ Port = Annotated[int, typer.Option(help="Port the API listens on.")]
 
 def _logging() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
-    logging.basicConfig(
-        level=get_settings().log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
 
 
 @app.command()
@@ -62,7 +61,8 @@ def api(host: Host = "127.0.0.1", port: Port = 8000) -> None:
     settings = get_settings()
     if not settings.redis_url:
         raise typer.BadParameter("set TRAINSERVE_REDIS_URL (or use `trainserve serve`)")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower())
+    # log_config=None: uvicorn's loggers go through the handler configured above.
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower(), log_config=None)
 
 
 @app.command()

@@ -111,6 +111,7 @@ class EpochRow(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     epoch: Mapped[int]
     metrics: Mapped[dict[str, Any]]
+    seconds: Mapped[float | None] = mapped_column(doc="How long the epoch took, validation included.")
     finished_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

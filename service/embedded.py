@@ -182,7 +182,7 @@ def serve(settings: Settings, host: str, port: int) -> None:
 
     with embedded_backend(settings) as backend:
         config = uvicorn.Config(
-            create_app(backend.settings), host=host, port=port, log_level=settings.log_level.lower()
+            create_app(backend.settings), host=host, port=port, log_level=settings.log_level.lower(), log_config=None
         )
         server = _Server(config)
         previous = {sig: signal.signal(sig, server.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}

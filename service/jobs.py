@@ -149,8 +149,10 @@ def renew_lease(*, session: Session, job_id: str, worker_id: str, lease_seconds:
     return _changed(renewed), bool(cancel)
 
 
-def record_epoch(*, session: Session, job_id: str, epoch: int, metrics: dict[str, float | None]) -> None:
-    session.add(EpochRow(job_id=job_id, epoch=epoch, metrics=metrics))
+def record_epoch(
+    *, session: Session, job_id: str, epoch: int, metrics: dict[str, float | None], seconds: float | None = None
+) -> None:
+    session.add(EpochRow(job_id=job_id, epoch=epoch, metrics=metrics, seconds=seconds))
     session.execute(update(JobRow).where(JobRow.id == job_id).values(epoch=epoch))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -80,6 +81,9 @@ class Settings(BaseSettings):
         default=10_000, ge=1, description="Most instances one predict request may carry (413 beyond)."
     )
     log_level: str = Field(default="INFO", description="Log level of the API and the worker.")
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="`json`: one JSON object per log line, with `job_id` while a job trains."
+    )
     sse_heartbeat: float = Field(
         default=15.0, gt=0, description="Seconds between keep-alive comments on an idle event stream."
     )

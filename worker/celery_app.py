@@ -8,8 +8,9 @@ import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import setup_logging, worker_process_init
 
+from service.logs import configure_logging
 from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,13 @@ def make_celery(settings: Settings) -> Celery:
 
 
 app = make_celery(get_settings())
+
+
+@setup_logging.connect
+def _configure_logging(**_: Any) -> None:
+    """Celery leaves logging to us: the same format as the API, with job ids."""
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
 
 
 @worker_process_init.connect

@@ -24,6 +24,7 @@ from service import jobs
 from service.datasets import DatasetUnavailableError, LoadedDataset
 from service.db import ModelRow, new_id, session_scope
 from service.keras_build import build_model, compile_model, encode_labels, runnable_copy, summarize
+from service.logs import job_context
 from service.settings import Settings
 from service.spec import TrainRequest
 from service.store import model_path, publish, temporary_path
@@ -75,10 +76,17 @@ class EpochReporter(keras.callbacks.Callback):  # type: ignore[misc]
         super().__init__()
         self.job_id = job_id
         self.database_url = database_url
+        self.started = time.monotonic()
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.started = time.monotonic()
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        seconds = time.monotonic() - self.started
         with session_scope(self.database_url) as session:
-            jobs.record_epoch(session=session, job_id=self.job_id, epoch=epoch + 1, metrics=_finite(logs))
+            jobs.record_epoch(
+                session=session, job_id=self.job_id, epoch=epoch + 1, metrics=_finite(logs), seconds=seconds
+            )
 
 
 class JobStoppedError(Exception):
@@ -178,6 +186,11 @@ def holder_alive(worker_id: str) -> bool:
 
 def run_job(job_id: str, settings: Settings) -> str:
     """Train the job if this call wins the claim; returns the job's resulting status."""
+    with job_context(job_id):
+        return _run_job(job_id, settings)
+
+
+def _run_job(job_id: str, settings: Settings) -> str:
     url = settings.database_url
     run = JobRun(job_id, settings)
     with session_scope(url) as session:
