@@ -159,6 +159,7 @@ def embedded_backend(settings: Settings) -> Iterator[Backend]:
             "TRAINSERVE_REDIS_URL": settings.redis_url,
             "TRAINSERVE_DATABASE_URL": settings.database_url,
             "TRAINSERVE_MODEL_STORE": str(settings.store_dir),
+            "TRAINSERVE_DATASET_STORE": str(settings.datasets_dir),
         }
         processes.append(start_worker(env))
         yield Backend(settings, processes)
