@@ -14,6 +14,7 @@ from fastapi.openapi.utils import get_openapi
 
 from service.api import errors
 from service.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, parse_api_keys
+from service.api.observability import Metrics, MetricsMiddleware
 from service.api.predictor import Serving
 from service.api.routers import datasets, health, job_events, jobs, metrics, models, predict, tfserving, train, v2
 from service.db import get_engine
@@ -57,11 +58,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.serving = Serving(settings)
     errors.install(app)
     # Outermost last: the key is checked before the body is read.
+    app.state.metrics = Metrics(settings, app.state.serving)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(ApiKeyMiddleware, keys=parse_api_keys(settings.api_keys))
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics.http)  # outermost: refusals count too
     if settings.api_keys:
         _document_bearer_auth(app)
-    for module in (train, jobs, job_events, models, predict, tfserving, v2, datasets, health, metrics):
+    # Prediction first: routes are matched in order, and predict requests are the many small ones.
+    for module in (predict, tfserving, v2, train, jobs, job_events, models, datasets, health, metrics):
         app.include_router(module.router)
     return app
 

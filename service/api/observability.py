@@ -1,0 +1,174 @@
+"""Prometheus metrics: HTTP requests by route, jobs by status, the queue, epoch durations, predict batches.
+
+Two registries: what this process counts in memory (requests, batches, the model cache), read on the event loop
+that updates it; and what the database and the broker know (jobs, epochs, queue), read in a thread at scrape time,
+so every API replica reports the same job figures.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+
+import redis
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import case, func, select
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api.batching import Histogram as BatchHistogram
+from service.api.predictor import Serving
+from service.db import EpochRow, JobRow, JobStatus, session_scope
+from service.settings import Settings
+from worker.reconciler import messages_in_broker
+
+EPOCH_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class HttpMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "trainserve_http_requests",
+            "HTTP requests answered, by method, route template and status code.",
+            ["method", "route", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "trainserve_http_request_duration_seconds",
+            "Time to answer an HTTP request, by method and route template.",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+
+
+class MetricsMiddleware:
+    """Counts and times every request under its route template (`/jobs/{job_id}`), never the raw path."""
+
+    def __init__(self, app: ASGIApp, metrics: HttpMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            method = scope["method"]
+            self.metrics.requests.labels(method, route, str(status)).inc()
+            self.metrics.latency.labels(method, route).observe(time.perf_counter() - started)
+
+
+class ServingCollector(Collector):
+    """Predict batches per model (requests and instances merged into one call) and the model cache."""
+
+    def __init__(self, serving: Serving) -> None:
+        self.serving = serving
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["model_id", "name", "version"]
+        requests = HistogramMetricFamily(
+            "trainserve_batch_requests", "Predict requests merged into one model call.", labels=labels
+        )
+        instances = HistogramMetricFamily(
+            "trainserve_batch_instances", "Instances computed in one model call.", labels=labels
+        )
+        for stats in list(self.serving.stats.models.values()):
+            values = [stats.model_id, stats.name, str(stats.version)]
+            requests.add_metric(values, _buckets(stats.requests), stats.requests.total)
+            instances.add_metric(values, _buckets(stats.instances), stats.instances.total)
+        yield requests
+        yield instances
+        cache = self.serving.cache
+        yield GaugeMetricFamily("trainserve_models_loaded", "Models loaded for prediction.", len(cache.loaded))
+        yield GaugeMetricFamily(
+            "trainserve_models_loaded_bytes", "Bytes of weights of the loaded models.", cache.nbytes
+        )
+        yield _counter("trainserve_model_loads", "Models loaded from the store.", cache.loads)
+        yield _counter("trainserve_model_evictions", "Models unloaded to stay within bounds.", cache.evictions)
+
+
+def _buckets(histogram: BatchHistogram) -> list[tuple[str, float]]:
+    return [("+Inf" if math.isinf(bound) else f"{bound:g}", count) for bound, count in histogram.cumulative()]
+
+
+def _counter(name: str, documentation: str, value: float) -> Metric:
+    from prometheus_client.core import CounterMetricFamily
+
+    return CounterMetricFamily(name, documentation, value=value)
+
+
+class JobsCollector(Collector):
+    """What the database and the broker know: jobs by status, epoch durations, the queue."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def collect(self) -> Iterator[Metric]:
+        with session_scope(self.settings.database_url) as session:
+            counts = dict(session.execute(select(JobRow.status, func.count()).group_by(JobRow.status)).all())
+            bucket_counts = session.execute(
+                select(
+                    func.count(EpochRow.seconds),
+                    func.coalesce(func.sum(EpochRow.seconds), 0.0),
+                    *(func.coalesce(func.sum(case((EpochRow.seconds <= b, 1), else_=0)), 0) for b in EPOCH_BUCKETS),
+                )
+            ).one()
+        jobs = GaugeMetricFamily("trainserve_jobs", "Jobs by status.", labels=["status"])
+        for status in JobStatus:
+            jobs.add_metric([status.value], counts.get(status.value, 0))
+        yield jobs
+        total, seconds, *cumulative = bucket_counts
+        epochs = HistogramMetricFamily(
+            "trainserve_epoch_duration_seconds", "Time one training epoch took, validation included."
+        )
+        buckets = [(f"{b:g}", float(c)) for b, c in zip(EPOCH_BUCKETS, cumulative, strict=True)]
+        epochs.add_metric([], [*buckets, ("+Inf", float(total))], float(seconds))
+        yield epochs
+        yield from self._queue()
+
+    def _queue(self) -> Iterator[Metric]:
+        if not self.settings.redis_url:
+            return
+        client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            waiting = client.llen(self.settings.queue)
+            in_broker = len(messages_in_broker(client, self.settings.queue))
+        except redis.RedisError:
+            return  # the broker being down shows in /readyz; the scrape still answers
+        finally:
+            client.close()
+        yield GaugeMetricFamily("trainserve_queue_waiting", "Training messages waiting in the queue.", waiting)
+        yield GaugeMetricFamily(
+            "trainserve_queue_messages", "Training messages in the broker: waiting or held by a worker.", in_broker
+        )
+
+
+class Metrics:
+    def __init__(self, settings: Settings, serving: Serving) -> None:
+        self.local = CollectorRegistry()
+        self.http = HttpMetrics(self.local)
+        self.local.register(ServingCollector(serving))
+        self.shared = CollectorRegistry()
+        self.shared.register(JobsCollector(settings))
+
+    def local_text(self) -> bytes:
+        return generate_latest(self.local)
+
+    def shared_text(self) -> bytes:
+        return generate_latest(self.shared)
