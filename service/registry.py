@@ -15,7 +15,9 @@ from sqlalchemy.orm import Session
 
 from service.db import ModelRow
 
-_VERSIONED = re.compile(r"^(?P<name>.+)@(?P<version>[0-9]+)$")
+# Versions fit in the databases' 64-bit integers with room to spare; a longer number cannot name one.
+_VERSION = "[0-9]{1,15}"
+_VERSIONED = re.compile(rf"^(?P<name>.+)@(?P<version>{_VERSION})$")
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,11 @@ def parse_reference(text: str) -> ModelRef:
     if match:
         return ModelRef(name=match["name"], version=int(match["version"]))
     return ModelRef(name=text)
+
+
+def parse_version(text: str) -> int | None:
+    """A version as written in a URL ("3"), or None when the text is not one."""
+    return int(text) if re.fullmatch(_VERSION, text) else None
 
 
 def add_version(*, session: Session, model: ModelRow) -> None:

@@ -24,7 +24,7 @@ from service.api.predictor import (
     batch_from_json,
     invalid,
 )
-from service.registry import ModelRef
+from service.registry import ModelRef, parse_version
 
 router = APIRouter(prefix="/v1/models", tags=["TensorFlow Serving"])
 
@@ -67,9 +67,10 @@ def _error(status: int, message: str) -> Response:
 def _version(text: str | None) -> int | None:
     if text is None:
         return None
-    if not text.isdigit():
+    version = parse_version(text)
+    if version is None:
         raise invalid(f"version must be a whole number (received {text!r})")
-    return int(text)
+    return version
 
 
 def _servable(name: str, version: int | None) -> str:

@@ -30,7 +30,7 @@ from service.api.predictor import (
     invalid,
 )
 from service.db import session_factory
-from service.registry import ModelRef
+from service.registry import ModelRef, parse_version
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
 
@@ -75,9 +75,10 @@ def _error(exc: PredictError) -> Response:
 def _version(text: str | None) -> int | None:
     if text is None:
         return None
-    if not text.isdigit():
+    version = parse_version(text)
+    if version is None:
         raise invalid(f"model version must be a whole number (received {text!r})")
-    return int(text)
+    return version
 
 
 def _unknown(name: str, version: int | None) -> PredictError:
@@ -172,7 +173,7 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[Any, memoryview
     """The JSON header and the binary section that follows it (empty without the binary extension)."""
     size = len(body)
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        if not header_length.isascii() or not header_length.isdigit() or int(header_length) > len(body):
             raise invalid(f"{HEADER_LENGTH} is {header_length!r}; the body has {len(body)} bytes")
         size = int(header_length)
     try:
