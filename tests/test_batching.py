@@ -105,3 +105,25 @@ def test_a_failing_call_fails_the_requests_it_carried_only() -> None:
     assert isinstance(third, np.ndarray)
     assert np.array_equal(third, expected(batch(9, 1)))
     assert stats.requests.observations == 1  # batch sizes count the calls that answered
+
+
+def test_after_a_batch_of_n_the_next_waits_for_n_requests() -> None:
+    """Clients answered together come back together: the batch after a batch of 4 holds open until 4 requests
+    have arrived (within max_latency), instead of leaving with the first and making 3 wait a whole call."""
+    model = Model()
+    stats = BatchStats().for_model("m", "m", 1)
+    with ThreadPoolExecutor(1) as executor:
+        batcher = Batcher(model, executor=executor, max_batch_size=64, max_latency_s=0.5, stats=stats)
+
+        async def main() -> list[FloatArray]:
+            first = await asyncio.gather(*(batcher.submit(batch(i, 1)) for i in range(4)))
+            lead = asyncio.ensure_future(batcher.submit(batch(10, 1)))
+            await asyncio.sleep(0.02)  # the others arrive a little later, as over a network
+            rest = [asyncio.ensure_future(batcher.submit(batch(20 + i, 1))) for i in range(3)]
+            return [*first, await lead, *await asyncio.gather(*rest)]
+
+        outputs = asyncio.run(main())
+    assert model.calls == [4, 4]
+    inputs = [batch(i, 1) for i in range(4)] + [batch(10, 1)] + [batch(20 + i, 1) for i in range(3)]
+    for x, y in zip(inputs, outputs, strict=True):
+        assert np.array_equal(y, expected(x))

@@ -1,10 +1,13 @@
 """Adaptive micro-batching: concurrent predict requests for one model run as one call of the model.
 
 A TensorFlow call costs about the same for 1 instance as for 64 (the fixed cost is dispatch, not arithmetic),
-so under load merging requests multiplies throughput. The batcher never waits on a timer when nothing else is
-coming: a request that finds its model idle starts at once, after letting requests already read from the network
-join it. While a batch runs, the requests that arrive queue up, and all of them (up to ``max_batch_size``
-instances) form the next batch.
+so under load merging requests multiplies throughput. While a batch runs, the requests that arrive queue up, and
+all of them (up to ``max_batch_size`` instances) form the next batch.
+
+The batcher adapts how long it holds a batch open to the load it sees: ``c`` clients waiting on a batch of ``c``
+requests send their next ones all at about the same time, so right after a batch of ``c`` the next one waits
+(at most ``max_latency``) until ``c`` requests have arrived, rather than leaving with the first and making the
+other ``c - 1`` wait a whole call. A request that finds its model idle and no recent batch starts at once.
 """
 
 from __future__ import annotations
@@ -65,6 +68,11 @@ class BatchStats:
         return self.models.setdefault(model_id, ModelBatchStats(model_id, name, version))
 
 
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 @dataclass
 class _Pending:
     x: FloatArray
@@ -90,12 +98,18 @@ class Batcher:
         self._stats = stats
         self._queue: list[_Pending] = []
         self._draining: asyncio.Task[None] | None = None
+        # Requests the last batch carried, and when it was answered: how many to expect back soon.
+        self._expected = 1
+        self._answered_at = float("-inf")
+        self._enough: asyncio.Future[None] | None = None
 
     async def submit(self, x: FloatArray) -> FloatArray:
         """The model's outputs for ``x`` (a batch of instances), computed in a call shared with others."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[FloatArray] = loop.create_future()
         self._queue.append(_Pending(x, future))
+        if self._enough is not None and len(self._queue) >= self._expected:
+            _resolve(self._enough)
         if self._draining is None:
             self._draining = loop.create_task(self._drain())
         return await future
@@ -117,6 +131,7 @@ class Batcher:
                 for pending, output in zip(batch, outputs, strict=True):
                     if not pending.future.done():  # its client may have gone
                         pending.future.set_result(output)
+                self._expected, self._answered_at = len(batch), loop.time()
         finally:
             self._draining = None
             for pending in self._queue:  # only if the loop is shutting down
@@ -124,9 +139,18 @@ class Batcher:
                     pending.future.cancel()
 
     async def _let_arrivals_join(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Yield to the event loop while requests keep arriving, up to max_latency: those already received
-        join this batch instead of waiting a whole call for the next one."""
+        """Hold the batch open, at most max_latency: until as many requests as the last batch carried have
+        arrived if that batch was answered just now, and while requests keep arriving."""
         deadline = loop.time() + self._max_latency_s
+        recent = loop.time() - self._answered_at < 10 * self._max_latency_s
+        if recent and len(self._queue) < self._expected and self._rows() < self._max_batch_size:
+            self._enough = enough = loop.create_future()
+            timer = loop.call_at(deadline, _resolve, enough)
+            try:
+                await enough
+            finally:
+                timer.cancel()
+                self._enough = None
         while self._rows() < self._max_batch_size and loop.time() < deadline:
             waiting = len(self._queue)
             await asyncio.sleep(0)
