@@ -1,0 +1,306 @@
+"""``python -m bench``: this service against plain baselines, side by side on this machine, as ratios.
+
+1. Training: one 5-epoch job of the chapter's 784-100-10 model on a Fashion-MNIST-sized dataset through the whole
+   service (POST /train → queue → worker → model stored → job polled as succeeded) against the same work as a
+   plain script in this process: load the data, build, ``model.fit``, evaluate.
+2. Small requests (one 28×28 instance in the dataset's 0–255 units): requests per second of this service's
+   /predict, of an empty FastAPI route that only ``json.loads`` the same body into NumPy, and of a naive
+   ``model.predict`` route, at 1 and at 16 concurrent clients.
+3. One 10,000-instance request to /predict as JSON and as ``.npy``, against ``predict_on_batch`` on the same
+   10,000 instances in this process.
+
+Everything runs locally (a private Redis, one worker, SQLite, a temporary directory); nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from bench.data import write_fashion_mnist
+from bench.load import Target, http_request, throughputs, timed
+
+HOST = "127.0.0.1"
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "fashion_mnist_sigmoid.json"
+
+
+def free_port() -> int:
+    from service.embedded import free_port as port
+
+    return port()
+
+
+@contextmanager
+def process(command: list[str], env: dict[str, str], log: Path, ready_url: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A server process in its own process group, until its ready URL answers 200; stopped on exit."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(ready_url, timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{command} did not start:\n{log.read_text(errors='replace')}")
+            time.sleep(0.2)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def train_in_service(base: str, spec: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+    with httpx.Client(base_url=base, timeout=60) as http:
+        start = time.perf_counter()
+        created = http.post("/train", json=spec)
+        created.raise_for_status()
+        job_id = created.json()["job_id"]
+        while (job := http.get(f"/jobs/{job_id}").json())["status"] in ("queued", "running"):
+            time.sleep(0.05)
+        seconds = time.perf_counter() - start
+    if job["status"] != "succeeded":
+        raise RuntimeError(f"the benchmark's training job failed: {job['error']}")
+    return seconds, job
+
+
+def train_in_process(spec: dict[str, Any]) -> float:
+    """The same training as a plain Keras script: load, scale, build, fit, evaluate."""
+    import keras
+
+    start = time.perf_counter()
+    (x, y), (x_test, y_test) = keras.datasets.fashion_mnist.load_data()
+    rescale = np.float32(spec["dataset"]["rescale"])
+    x, x_test = x * rescale, x_test * rescale
+    keras.utils.set_random_seed(spec["fit"]["seed"])
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(100, activation="sigmoid"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(optimizer=spec["compile"]["optimizer"], loss=spec["compile"]["loss"], metrics=["accuracy"])
+    fit = spec["fit"]
+    model.fit(
+        x,
+        y.astype(np.int64),
+        epochs=fit["epochs"],
+        batch_size=fit["batch_size"],
+        validation_split=fit["validation_split"],
+        verbose=0,
+    )
+    model.evaluate(x_test, y_test.astype(np.int64), batch_size=256, verbose=0)
+    return time.perf_counter() - start
+
+
+def warm_up_keras() -> None:
+    import keras
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(optimizer="rmsprop", loss="mse")
+    model.fit(np.zeros((8, 4)), np.zeros((8, 2)), verbose=0)
+
+
+def npy(x: np.ndarray[Any, Any]) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, x)
+    return buffer.getvalue()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds each route is loaded, in slices")
+    parser.add_argument("--repeat", type=int, default=5, help="timed runs of each 10,000-instance request")
+    parser.add_argument("--training-runs", type=int, default=2, help="training runs on each side (fastest counts)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, database)")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="trainserve-bench-"))
+    keras_home = workdir / "keras"
+    print(f"working in {workdir}; generating a Fashion-MNIST-sized dataset …", flush=True)
+    write_fashion_mnist(keras_home)
+    os.environ["KERAS_HOME"] = str(keras_home)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("TRAINSERVE_")},
+        "TRAINSERVE_HOME": str(workdir / "data"),
+        "TRAINSERVE_KERAS_CACHE": str(keras_home),
+        "TRAINSERVE_LOG_LEVEL": "WARNING",  # no access log line per request, as for the baselines
+    }
+    spec = json.loads(EXAMPLE.read_text())
+    spec["name"] = "bench"
+    trainserve = str(Path(sys.executable).with_name("trainserve"))
+    service_port, reference_port = free_port(), free_port()
+    base = f"http://{HOST}:{service_port}"
+    rows: list[tuple[str, str, str, str]] = []
+    try:
+        with process([trainserve, "serve", "--port", str(service_port)], env, workdir / "serve.log", f"{base}/readyz"):
+            # Other work on a shared machine only ever adds time: each side runs twice, alternating, and its
+            # fastest run counts. TensorFlow's one-time start-up is paid before either is timed.
+            warm_up_keras()
+            plain_fits, service_fits = [], []
+            for attempt in range(1, args.training_runs + 1):
+                print(f"training run {attempt}: plain Keras in this process …", flush=True)
+                plain_fits.append(train_in_process(spec))
+                print(f"  {plain_fits[-1]:.1f} s; the same job through the service …", flush=True)
+                seconds, job = train_in_service(base, spec)
+                service_fits.append(seconds)
+                print(f"  {seconds:.1f} s", flush=True)
+            plain_fit, service_fit = min(plain_fits), min(service_fits)
+            rows.append(
+                (
+                    "5-epoch training job, POST /train → succeeded",
+                    f"{service_fit:.1f} s",
+                    f"plain load + fit + evaluate: {plain_fit:.1f} s",
+                    f"{service_fit / plain_fit:.2f}× the time (target ≤ 1.10×)",
+                )
+            )
+            model_id = job["model_id"]
+            model_file = workdir / "data" / "models" / f"{model_id}.keras"
+            reference_url = f"http://{HOST}:{reference_port}"
+            with process(
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.reference",
+                    "--port",
+                    str(reference_port),
+                    "--model",
+                    str(model_file),
+                    "--rescale",
+                    str(spec["dataset"]["rescale"]),
+                ],
+                env,
+                workdir / "reference.log",
+                f"{reference_url}/docs",
+            ):
+                rows += small_requests(model_id, service_port, reference_port, args.duration)
+                rows += large_request(model_id, model_file, service_port, spec, args.repeat)
+    finally:
+        if args.keep:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print_table(rows)
+
+
+def small_requests(
+    model_id: str, service_port: int, reference_port: int, duration: float
+) -> list[tuple[str, str, str, str]]:
+    import keras
+
+    (_, _), (x_test, _) = keras.datasets.fashion_mnist.load_data()
+    instances = x_test[:1].tolist()  # one image, 0–255
+    service = http_request("/predict", json.dumps({"model_id": model_id, "instances": instances}).encode())
+    plain = json.dumps({"instances": instances}).encode()
+    empty, naive = http_request("/empty", plain), http_request("/naive", plain)
+    rows = []
+    for concurrency in (1, 16):
+        print(f"small requests at concurrency {concurrency} …", flush=True)
+        # The three take turns in half-second slices, so other load on the machine weighs on each alike.
+        targets = [Target(service_port, service), Target(reference_port, empty), Target(reference_port, naive)]
+        ours, bare, slow = throughputs(HOST, targets, concurrency, slices=max(1, round(duration * 2)))
+        print(f"  /predict {ours:.0f}/s, empty route {bare:.0f}/s, model.predict route {slow:.0f}/s", flush=True)
+        target = " (target ≥ 0.8×)" if concurrency == 16 else ""
+        rows.append(
+            (
+                f"/predict, 1 instance, concurrency {concurrency}",
+                f"{ours:.0f} req/s",
+                f"empty json.loads route: {bare:.0f} req/s",
+                f"{ours / bare:.2f}× the throughput{target}",
+            )
+        )
+        rows.append(
+            (
+                f"/predict, 1 instance, concurrency {concurrency}",
+                f"{ours:.0f} req/s",
+                f"naive model.predict route: {slow:.0f} req/s",
+                f"{ours / slow:.1f}× the throughput",
+            )
+        )
+    return rows
+
+
+def large_request(
+    model_id: str, model_file: Path, service_port: int, spec: dict[str, Any], repeat: int
+) -> list[tuple[str, str, str, str]]:
+    """10,000 test images, as the client holds them (uint8 pixels), against the same work in this process:
+    scale them and ``predict_on_batch``."""
+    import keras
+
+    (_, _), (x_test, _) = keras.datasets.fashion_mnist.load_data()
+    pixels = x_test[:10_000]
+    rescale = np.float32(spec["dataset"]["rescale"])
+    model = keras.models.load_model(model_file, compile=False)
+    expected = model.predict_on_batch(pixels * rescale)
+    in_process = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        model.predict_on_batch(pixels * rescale)
+        in_process.append(time.perf_counter() - start)
+    baseline = statistics.median(in_process)
+
+    print("one 10,000-instance request …", flush=True)
+    npy_answer = ("application/x-npy", "application/x-npy")
+    requests = {
+        "float32 .npy": http_request(f"/predict?model_id={model_id}", npy(pixels.astype(np.float32)), *npy_answer),
+        "uint8 .npy": http_request(f"/predict?model_id={model_id}", npy(pixels), *npy_answer),
+        "JSON": http_request("/predict", json.dumps({"model_id": model_id, "instances": pixels.tolist()}).encode()),
+    }
+    seconds = {}
+    for kind, request in requests.items():
+        times, body = timed(HOST, service_port, request, repeat + 1)  # the first one warms up
+        answer = json.loads(body)["predictions"] if kind == "JSON" else np.load(io.BytesIO(body))
+        assert np.allclose(answer, expected, atol=1e-4), kind
+        seconds[kind] = statistics.median(times[1:])
+        print(f"  {kind}: {seconds[kind] * 1000:.0f} ms", flush=True)
+    print(f"  in-process scale + predict_on_batch: {baseline * 1000:.0f} ms", flush=True)
+    baseline_text = f"in-process scale + predict_on_batch: {baseline * 1000:.0f} ms"
+    return [
+        (
+            f"/predict, 10,000 instances as {kind}" + (" (answer .npy)" if "npy" in kind else ""),
+            f"{seconds[kind] * 1000:.0f} ms",
+            baseline_text,
+            f"{seconds[kind] / baseline:.2f}× the time" + (" (target ≤ 2×)" if "npy" in kind else ""),
+        )
+        for kind in requests
+    ]
+
+
+def print_table(rows: list[tuple[str, str, str, str]]) -> None:
+    header = ("measured", "this service", "baseline", "ratio")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
+    print()
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in rows:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+
+
+if __name__ == "__main__":
+    main()
