@@ -1,0 +1,31 @@
+"""GET /examples: the chapter's experiments as ready-to-send training requests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from service.examples import chapter_examples
+
+router = APIRouter(prefix="/examples", tags=["examples"])
+
+
+class Example(BaseModel):
+    key: str = Field(description="The example's name, also its file stem in examples/.", examples=["digits_relu_adam"])
+    name: str = Field(description="The job name the request gives.", examples=["digits relu + adam"])
+    request: dict[str, Any] = Field(description="A body for POST /train.")
+
+
+class ExampleList(BaseModel):
+    data: list[Example]
+    count: int
+
+
+@router.get("", response_model=ExampleList)
+def list_examples() -> ExampleList:
+    """The chapter's experiments as POST /train bodies: a sigmoid and a relu hidden layer, then the relu model with
+    each optimizer it compares (SGD, momentum, Nesterov, Adagrad, RMSprop, Adam), on `digits` and `fashion_mnist`."""
+    examples = [Example(key=key, name=body["name"], request=body) for key, body in chapter_examples().items()]
+    return ExampleList(data=examples, count=len(examples))
