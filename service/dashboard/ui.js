@@ -1,0 +1,65 @@
+// Small DOM helpers shared by the pages. Text is always set as text, never as HTML: names may be anything.
+
+export function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key === "class") node.className = value;
+    else if (key === "text") node.textContent = value;
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else if (key === "dataset") Object.assign(node.dataset, value);
+    else node.setAttribute(key, value === true ? "" : value);
+  }
+  for (const child of children.flat()) {
+    if (child === undefined || child === null || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+export function badge(status) {
+  return el("span", { class: `badge ${status}`, "data-status": status, text: status });
+}
+
+export function progress(job) {
+  const { epoch, epochs } = job.progress;
+  const fraction = epochs ? Math.min(1, epoch / epochs) : 0;
+  const bar = el("span", { class: "progress", role: "progressbar", "aria-valuenow": epoch, "aria-valuemax": epochs });
+  bar.append(el("span", { style: `width:${(fraction * 100).toFixed(1)}%` }));
+  return el("span", { class: "progress-cell" }, bar, el("span", { class: "progress-text", text: `${epoch}/${epochs}` }));
+}
+
+export function fmt(value, digits = 4) {
+  if (value === undefined || value === null) return "–";
+  if (typeof value === "number") return Number.isInteger(value) ? value.toLocaleString("en-US") : value.toFixed(digits);
+  return String(value);
+}
+
+export function when(iso) {
+  if (!iso) return "–";
+  const date = new Date(iso);
+  return date.toLocaleString(undefined, { dateStyle: "short", timeStyle: "medium" });
+}
+
+export function shape(list) {
+  return list ? `(${list.join(", ")})` : "–";
+}
+
+export function errorBox(error) {
+  const box = el("div", { class: "error-box", role: "alert" }, el("strong", { text: error.message || String(error) }));
+  if (error.errors && error.errors.length > 1) {
+    box.append(el("ul", {}, error.errors.map((item) => el("li", {}, el("code", { text: item.path || "body" }), " ", item.message))));
+  } else if (error.errors && error.errors.length === 1 && error.errors[0].path) {
+    box.append(el("div", { class: "small" }, "at ", el("code", { text: error.errors[0].path })));
+  }
+  return box;
+}
+
+export function lastRow(history) {
+  return history && history.length ? history[history.length - 1] : {};
+}
+
+export function params(hash) {
+  const index = hash.indexOf("?");
+  return new URLSearchParams(index < 0 ? "" : hash.slice(index + 1));
+}
