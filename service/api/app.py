@@ -16,7 +16,20 @@ from service.api import errors
 from service.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, parse_api_keys
 from service.api.observability import Metrics, MetricsMiddleware
 from service.api.predictor import Serving
-from service.api.routers import datasets, health, job_events, jobs, metrics, models, predict, tfserving, train, v2
+from service.api.routers import (
+    dashboard,
+    datasets,
+    examples,
+    health,
+    job_events,
+    jobs,
+    metrics,
+    models,
+    predict,
+    tfserving,
+    train,
+    v2,
+)
 from service.db import get_engine
 from service.settings import Settings, get_settings
 from worker.celery_app import make_celery
@@ -65,8 +78,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.api_keys:
         _document_bearer_auth(app)
     # Prediction first: routes are matched in order, and predict requests are the many small ones.
-    for module in (predict, tfserving, v2, train, jobs, job_events, models, datasets, health, metrics):
+    for module in (predict, tfserving, v2, train, jobs, job_events, models, datasets, examples, health, metrics):
         app.include_router(module.router)
+    app.include_router(dashboard.router)  # `/` and the dashboard's files
     return app
 
 

@@ -21,8 +21,11 @@ PUBLIC_PATHS = frozenset(
         "/openapi.json",
         "/v2/health/live",
         "/v2/health/ready",
+        "/",  # the dashboard page; it holds no data and asks for a key to call the API with
     }
 )
+# The dashboard's scripts and styles, public like its page.
+PUBLIC_PREFIXES = ("/dashboard/",)
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -42,6 +45,10 @@ def parse_api_keys(text: str) -> list[ApiKey]:
         secret, _, scope = entry.partition(":")
         keys.append(ApiKey(secret.encode(), read_only=scope.strip().lower() == "read"))
     return keys
+
+
+def _is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
 
 def is_prediction(path: str) -> bool:
@@ -68,7 +75,7 @@ class ApiKeyMiddleware:
         self.keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or scope["path"] in PUBLIC_PATHS:
+        if scope["type"] != "http" or not self.keys or _is_public(scope["path"]):
             await self.app(scope, receive, send)
             return
         header = dict(scope["headers"]).get(b"authorization", b"")
