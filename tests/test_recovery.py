@@ -38,7 +38,7 @@ class Cluster:
             redis_url=f"redis://127.0.0.1:{self.port}/0",
             keras_cache=keras_cache,
             queue="recovery",
-            lease_seconds=2,
+            lease_seconds=6,
             reconcile_interval=0.5,
             max_attempts=2,
         )
