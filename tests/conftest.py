@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import os
 import subprocess
 import sys
@@ -11,33 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from bench.data import write_fashion_mnist
 from service.embedded import free_port, start_redis, start_worker, stop_process
 from service.settings import Settings
 
 FINISHED = {"succeeded", "failed", "cancelled"}
-
-
-def write_fashion_mnist_cache(keras_home: Path, train: int = 600, test: int = 100, seed: int = 0) -> None:
-    """A small Fashion-MNIST in Keras' own cache layout (gzip'd IDX files), so that keras.datasets.fashion_mnist
-    loads it offline. Class k is a bright horizontal band at rows 2k..2k+3 over noise: learnable in a few epochs."""
-    rng = np.random.default_rng(seed)
-    folder = keras_home / "datasets" / "fashion-mnist"
-    folder.mkdir(parents=True, exist_ok=True)
-    for prefix, count in (("train", train), ("t10k", test)):
-        labels = (np.arange(count) % 10).astype(np.uint8)
-        rng.shuffle(labels)
-        images = rng.integers(0, 60, size=(count, 28, 28), dtype=np.uint8)
-        for i, label in enumerate(labels):
-            images[i, 2 * label + 4 : 2 * label + 8, :] = 230
-        with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
-            f.write(b"\x00\x00\x08\x01" + count.to_bytes(4, "big") + labels.tobytes())
-        with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
-            header = b"\x00\x00\x08\x03" + count.to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
-            f.write(header + images.tobytes())
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +33,8 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def keras_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("keras-home")
-    write_fashion_mnist_cache(home)
+    # Keras' cache layout with a small learnable Fashion-MNIST: keras.datasets.fashion_mnist loads it offline.
+    write_fashion_mnist(home, train=600, test=100)
     return home
 
 

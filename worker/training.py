@@ -99,15 +99,16 @@ class JobStoppedError(Exception):
 
 class JobRun:
     """One attempt at one job in this process: its identity, its deadline, and a lease kept alive in the
-    background. The lease thread also picks up cancel requests, which the training callback acts on."""
+    background. The lease thread also notices a cancel request, a lost lease or the time limit, and then stops
+    training at its next batch by setting the model's ``stop_training``, which Keras checks after every step."""
 
     def __init__(self, job_id: str, settings: Settings) -> None:
         self.job_id = job_id
         self.settings = settings
         self.worker_id = worker_identity()
         self.deadline = time.monotonic() + settings.job_time_limit
-        self.cancel = threading.Event()
-        self.lost = threading.Event()
+        self.stop_reason: str | None = None
+        self.model: Any = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._keep_lease, name=f"lease-{job_id}", daemon=True)
 
@@ -118,11 +119,25 @@ class JobRun:
         self._stop.set()
         self._thread.join(timeout=5)
 
+    def attach(self, model: Any) -> None:
+        """The model being fitted: the one to stop."""
+        self.model = model
+        if self.stop_reason is not None:
+            model.stop_training = True
+
+    def request_stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        if self.model is not None:
+            self.model.stop_training = True
+
     def _keep_lease(self) -> None:
         # A third of the lease, so two renewals can fail before anyone takes the job over; at most a second, so
-        # that a cancel request is seen promptly.
+        # that a cancel request is acted on promptly.
         interval = min(self.settings.lease_seconds / 3, 1.0)
         while not self._stop.wait(interval):
+            if time.monotonic() > self.deadline:
+                self.request_stop("timeout")
             try:
                 with session_scope(self.settings.database_url) as session:
                     ours, cancel = jobs.renew_lease(
@@ -135,35 +150,35 @@ class JobRun:
                 log.exception("job %s: could not renew its lease", self.job_id)
                 continue
             if cancel:
-                self.cancel.set()
+                self.request_stop("cancelled")
             if not ours:
-                self.lost.set()
+                self.request_stop("lost")
                 return
 
     def check(self) -> None:
-        """Raise JobStoppedError if training must stop now."""
-        if self.cancel.is_set():
-            raise JobStoppedError("cancelled")
-        if self.lost.is_set():
-            raise JobStoppedError("lost")
-        if time.monotonic() > self.deadline:
-            raise JobStoppedError("timeout")
+        """Raise JobStoppedError if training must stop (or has stopped) early."""
+        if self.stop_reason is None and time.monotonic() > self.deadline:
+            self.stop_reason = "timeout"
+        if self.stop_reason is not None:
+            raise JobStoppedError(self.stop_reason)
 
 
 class JobGuard(keras.callbacks.Callback):  # type: ignore[misc]
-    """Stops training at the next batch once the job is cancelled, past its time limit, or taken over."""
+    """Hands the model to the job's lease thread, which stops it at the next batch when it must.
+
+    No per-batch hook on purpose: Keras then waits for every batch's result to hand its logs over, which
+    costs a good part of a small model's training time."""
 
     def __init__(self, run: JobRun) -> None:
         super().__init__()
         self.run = run
-        self.stopped: JobStoppedError | None = None
 
-    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        try:
-            self.run.check()
-        except JobStoppedError as stop:
-            self.stopped = stop
-            self.model.stop_training = True
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self.run.attach(self.model)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if time.monotonic() > self.run.deadline:
+            self.run.request_stop("timeout")
 
 
 def worker_identity() -> str:
@@ -269,11 +284,10 @@ def _train(run: JobRun, request: TrainRequest) -> str:
         batch_size=request.fit.batch_size,
         validation_split=request.fit.validation_split,
         shuffle=request.fit.shuffle,
-        callbacks=[guard := JobGuard(run), EpochReporter(job_id, settings.database_url)],
+        callbacks=[JobGuard(run), EpochReporter(job_id, settings.database_url)],
         verbose=0,
     )
-    if guard.stopped is not None:
-        raise guard.stopped
+    run.check()
     evaluation = None
     if splits.x_test is not None and splits.y_test is not None:
         scores = model.evaluate(splits.x_test, splits.y_test, batch_size=256, verbose=0, return_dict=True)
@@ -316,7 +330,6 @@ def _train(run: JobRun, request: TrainRequest) -> str:
         # Cancelled while saving, or no longer this worker's job: keep no model for it.
         final.unlink(missing_ok=True)
         log.warning("job %s: model discarded, the job was cancelled or taken over meanwhile", job_id)
-        run.cancel.set()  # if it is still ours, it can only have been cancelled
-        return _stopped(run, "cancelled")
+        return _stopped(run, run.stop_reason or "cancelled")  # if it is still ours, it was cancelled
     log.info("job %s succeeded: model %s", job_id, model_id)
     return "succeeded"
