@@ -19,14 +19,10 @@ import io
 import json
 import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,42 +31,11 @@ import numpy as np
 
 from bench.data import write_fashion_mnist
 from bench.load import Target, http_request, throughputs, timed
+from bench.processes import serving
+from service.embedded import free_port
 
 HOST = "127.0.0.1"
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "fashion_mnist_sigmoid.json"
-
-
-def free_port() -> int:
-    from service.embedded import free_port as port
-
-    return port()
-
-
-@contextmanager
-def process(command: list[str], env: dict[str, str], log: Path, ready_url: str) -> Iterator[subprocess.Popen[bytes]]:
-    """A server process in its own process group, until its ready URL answers 200; stopped on exit."""
-    with log.open("wb") as out:
-        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(ready_url, timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{command} did not start:\n{log.read_text(errors='replace')}")
-            time.sleep(0.2)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
 
 
 def train_in_service(base: str, spec: dict[str, Any]) -> tuple[float, dict[str, Any]]:
@@ -159,7 +124,7 @@ def main() -> None:
     base = f"http://{HOST}:{service_port}"
     rows: list[tuple[str, str, str, str]] = []
     try:
-        with process([trainserve, "serve", "--port", str(service_port)], env, workdir / "serve.log", f"{base}/readyz"):
+        with serving([trainserve, "serve", "--port", str(service_port)], env, workdir / "serve.log", f"{base}/readyz"):
             # Other work on a shared machine only ever adds time: each side runs twice, alternating, and its
             # fastest run counts. TensorFlow's one-time start-up is paid before either is timed.
             warm_up_keras()
@@ -183,7 +148,7 @@ def main() -> None:
             model_id = job["model_id"]
             model_file = workdir / "data" / "models" / f"{model_id}.keras"
             reference_url = f"http://{HOST}:{reference_port}"
-            with process(
+            with serving(
                 [
                     sys.executable,
                     "-m",

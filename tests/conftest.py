@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bench.data import write_fashion_mnist
+from bench.processes import serving
 from service.embedded import free_port, start_redis, start_worker, stop_process
 from service.settings import Settings
 
@@ -131,33 +132,8 @@ def chapter_request(
 def live_url(settings: Settings, worker: WorkerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The API served for real by `trainserve api` (uvicorn), for clients that speak HTTP: browsers, the CLI,
     event-stream readers."""
-    import httpx
-
-    from service.embedded import free_port
-
-    port = free_port()
+    url = f"http://127.0.0.1:{free_port()}"
+    command = [sys.executable, "-m", "service.cli", "api", "--port", url.rpartition(":")[2]]
     log = tmp_path_factory.mktemp("api") / "api.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "api", "--port", str(port)],
-            env=settings_env(settings),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the API did not start:\n{log.read_text(errors='replace')}")
-            time.sleep(0.2)
+    with serving(command, settings_env(settings), log, f"{url}/healthz"):
         yield url
-    finally:
-        stop_process(process)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -234,32 +233,16 @@ def test_keys_are_not_logged_by_the_server(settings: Settings, tmp_path: Path) -
 
     import httpx
 
+    from bench.processes import serving
     from service.embedded import free_port
 
-    port = free_port()
+    url = f"http://127.0.0.1:{free_port()}"
+    command = [sys.executable, "-m", "service.cli", "api", "--port", url.rpartition(":")[2]]
     env = settings_env(settings) | {"TRAINSERVE_API_KEYS": "s3cret-full", "TRAINSERVE_LOG_LEVEL": "DEBUG"}
     log = tmp_path / "api.log"
-    with log.open("wb") as out:
-        api = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "api", "--port", str(port)], env=env, stdout=out, stderr=out
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.2)
-        assert httpx.get(f"http://127.0.0.1:{port}/jobs", headers={"Authorization": "Bearer s3cret-full"}).is_success
-        assert (
-            httpx.get(f"http://127.0.0.1:{port}/jobs", headers={"Authorization": "Bearer s3cret-bad"}).status_code
-            == 401
-        )
-    finally:
-        api.terminate()
-        api.wait(30)
+    with serving(command, env, log, f"{url}/healthz"):
+        assert httpx.get(f"{url}/jobs", headers={"Authorization": "Bearer s3cret-full"}).is_success
+        assert httpx.get(f"{url}/jobs", headers={"Authorization": "Bearer s3cret-bad"}).status_code == 401
     text = log.read_text()
     assert "GET /jobs" in text
     assert "s3cret" not in text
