@@ -137,3 +137,26 @@ def live_url(settings: Settings, worker: WorkerProcess, tmp_path_factory: pytest
     log = tmp_path_factory.mktemp("api") / "api.log"
     with serving(command, settings_env(settings), log, f"{url}/healthz"):
         yield url
+
+
+def chapter_model_in_keras(hidden: str = "hidden", output: str = "output") -> Any:
+    """The chapter's model written directly in Keras, as its reader would: the reference our summaries must match."""
+    import keras
+
+    keras.backend.clear_session()
+    return keras.Sequential(
+        [
+            keras.Input((28, 28)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(100, activation="sigmoid", name=hidden),
+            keras.layers.Dense(10, activation="softmax", name=output),
+        ],
+        name="패션 MNIST 모델",
+    )
+
+
+def printed_summary(model: Any) -> str:
+    """What ``model.summary()`` prints."""
+    printed: list[str] = []
+    model.summary(print_fn=lambda text, **_: printed.append(text))
+    return "".join(printed)

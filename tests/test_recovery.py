@@ -56,6 +56,15 @@ class Cluster:
     def stop_worker(self, name: str) -> None:
         stop_process(self.workers.pop(name))
 
+    def stop_workers(self) -> None:
+        for name in list(self.workers):
+            self.stop_worker(name)
+
+    def start_workers(self) -> None:
+        for name in ("a", "b"):
+            if name not in self.workers:
+                self.start_worker(name)
+
     def restart_redis(self, *, keep_data: bool) -> None:
         stop_process(self.redis)
         if not keep_data:
@@ -70,8 +79,7 @@ class Cluster:
             client.close()
 
     def close(self) -> None:
-        for name in list(self.workers):
-            self.stop_worker(name)
+        self.stop_workers()
         stop_process(self.redis)
 
 
@@ -79,8 +87,7 @@ class Cluster:
 def cluster(tmp_path_factory: pytest.TempPathFactory, keras_cache: Path) -> Iterator[Cluster]:
     cluster = Cluster(tmp_path_factory.mktemp("cluster"), keras_cache)
     try:
-        cluster.start_worker("a")
-        cluster.start_worker("b")
+        cluster.start_workers()
         yield cluster
     finally:
         cluster.close()
@@ -178,9 +185,15 @@ def child_pids(pid: int) -> set[int]:
     return {child.pid for child in psutil.Process(pid).children(recursive=True)}
 
 
+def assert_each_trained_once(api: TestClient, job_ids: list[str]) -> None:
+    for job_id in job_ids:
+        job = wait_for_job(api, job_id)
+        assert job["status"] == "succeeded"
+        assert job["attempts"] == 1
+
+
 def test_redis_restart_keeps_queued_jobs_and_nothing_is_sent_twice(api: TestClient, cluster: Cluster) -> None:
-    for name in list(cluster.workers):
-        cluster.stop_worker(name)
+    cluster.stop_workers()
     job_ids = [api.post("/train", json=chapter_request(epochs=1)).json()["job_id"] for _ in range(2)]
     assert cluster.queue_length() == 2
 
@@ -191,17 +204,12 @@ def test_redis_restart_keeps_queued_jobs_and_nothing_is_sent_twice(api: TestClie
     assert report.redispatched == []
     assert cluster.queue_length() == 2, "messages still in Redis are not sent again"
 
-    cluster.start_worker("a")
-    cluster.start_worker("b")
-    for job_id in job_ids:
-        job = wait_for_job(api, job_id)
-        assert job["status"] == "succeeded"
-        assert job["attempts"] == 1
+    cluster.start_workers()
+    assert_each_trained_once(api, job_ids)
 
 
 def test_redis_restarted_empty_lost_messages_are_sent_again(api: TestClient, cluster: Cluster) -> None:
-    for name in list(cluster.workers):
-        cluster.stop_worker(name)
+    cluster.stop_workers()
     job_ids = [api.post("/train", json=chapter_request(epochs=1)).json()["job_id"] for _ in range(2)]
     cluster.restart_redis(keep_data=False)
     assert cluster.queue_length() == 0, "Redis came back without the queued messages"
@@ -213,12 +221,8 @@ def test_redis_restarted_empty_lost_messages_are_sent_again(api: TestClient, clu
     again = reconcile(cluster.settings, api.app.state.celery)  # type: ignore[attr-defined]
     assert again.redispatched == [], "a second round finds the messages and sends nothing"
 
-    cluster.start_worker("a")
-    cluster.start_worker("b")
-    for job_id in job_ids:
-        job = wait_for_job(api, job_id)
-        assert job["status"] == "succeeded"
-        assert job["attempts"] == 1
+    cluster.start_workers()
+    assert_each_trained_once(api, job_ids)
 
 
 def test_twenty_jobs_at_once_on_two_workers_all_succeed(api: TestClient, cluster: Cluster) -> None:

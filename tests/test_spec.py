@@ -11,9 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.examples import chapter_examples
-from service.keras_build import build_model, runnable_name
+from service.keras_build import build_model, runnable_name, summarize
 from service.spec import ACTIVATIONS, METRICS, OPTIMIZER_TYPES, CompileSpec, TrainRequest
-from tests.conftest import chapter_request, wait_for_job
+from tests.conftest import chapter_model_in_keras, chapter_request, printed_summary, wait_for_job
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -170,22 +170,9 @@ def test_chapter_summary_matches_keras_own() -> None:
     request = TrainRequest.model_validate(body)
     keras.backend.clear_session()
     ours = build_model(request.model)
-    keras.backend.clear_session()
-    theirs = keras.Sequential(
-        [
-            keras.Input((28, 28)),
-            keras.layers.Flatten(),
-            keras.layers.Dense(100, activation="sigmoid", name="hidden"),
-            keras.layers.Dense(10, activation="softmax", name="output"),
-        ],
-        name="패션 MNIST 모델",
-    )
+    theirs = chapter_model_in_keras()
     assert ours.count_params() == theirs.count_params() == 79_510
-    printed: list[str] = []
-    theirs.summary(print_fn=lambda text, **_: printed.append(text))
-    from service.keras_build import summarize
-
-    assert summarize(ours)["text"] == "".join(printed)
+    assert summarize(ours)["text"] == printed_summary(theirs)
 
 
 def test_runnable_names() -> None:

@@ -13,7 +13,7 @@ from sklearn.datasets import load_digits
 
 from service.datasets import FASHION_MNIST_CLASSES
 from service.settings import Settings
-from tests.conftest import WorkerProcess, chapter_request, train, wait_for_job
+from tests.conftest import WorkerProcess, chapter_model_in_keras, chapter_request, printed_summary, train, wait_for_job
 from worker.dispatch import TRAIN_TASK
 
 pytestmark = pytest.mark.slow
@@ -85,19 +85,7 @@ def test_chapter_model_on_fashion_mnist_with_unicode_names(client: TestClient) -
     assert summary["total_params"] == summary["trainable_params"] == 79_510
     assert summary["non_trainable_params"] == 0
 
-    keras.backend.clear_session()
-    theirs = keras.Sequential(
-        [
-            keras.Input((28, 28)),
-            keras.layers.Flatten(),
-            keras.layers.Dense(100, activation="sigmoid", name="은닉층"),
-            keras.layers.Dense(10, activation="softmax", name="출력층"),
-        ],
-        name="패션 MNIST 모델",
-    )
-    printed: list[str] = []
-    theirs.summary(print_fn=lambda text, **_: printed.append(text))
-    assert summary["text"] == "".join(printed)
+    assert summary["text"] == printed_summary(chapter_model_in_keras("은닉층", "출력층"))
     assert "Total params: 79,510" in summary["text"]
     text = client.get(f"/models/{job['model_id']}/summary", params={"format": "text"})
     assert text.headers["content-type"].startswith("text/plain")
