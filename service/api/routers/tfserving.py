@@ -8,6 +8,7 @@ without one, the latest answers. Inputs are in the dataset's units, as for POST 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import orjson
@@ -111,42 +112,45 @@ def _metadata(info: ModelInfo) -> dict[str, Any]:
     }
 
 
-@router.get("/{name}", responses=RESPONSES)
-async def model_status(name: Name, serving: ServingDep) -> Response:
-    """The model's versions, each `AVAILABLE` (any version is loaded on its first request)."""
-    try:
-        infos = await _infos(serving, name, None)
-    except PredictError as exc:
-        return _error(STATUS[exc.kind], exc.message)
-    return _json({"model_version_status": [_status(info) for info in infos]})
-
-
-@router.get("/{name}/versions/{version}", responses=RESPONSES)
-async def version_status(name: Name, version: Version, serving: ServingDep) -> Response:
+async def _about(
+    serving: Serving, name: str, version: str | None, render: Callable[[list[ModelInfo]], dict[str, Any]]
+) -> Response:
+    """A name's versions (or one of them) rendered as TF Serving answers, or its error."""
     try:
         infos = await _infos(serving, name, _version(version))
     except PredictError as exc:
         return _error(STATUS[exc.kind], exc.message)
-    return _json({"model_version_status": [_status(info) for info in infos]})
+    return _json(render(infos))
+
+
+def _statuses(infos: list[ModelInfo]) -> dict[str, Any]:
+    return {"model_version_status": [_status(info) for info in infos]}
+
+
+def _newest_metadata(infos: list[ModelInfo]) -> dict[str, Any]:
+    return _metadata(infos[0])
+
+
+@router.get("/{name}", responses=RESPONSES)
+async def model_status(name: Name, serving: ServingDep) -> Response:
+    """The model's versions, each `AVAILABLE` (any version is loaded on its first request)."""
+    return await _about(serving, name, None, _statuses)
+
+
+@router.get("/{name}/versions/{version}", responses=RESPONSES)
+async def version_status(name: Name, version: Version, serving: ServingDep) -> Response:
+    return await _about(serving, name, version, _statuses)
 
 
 @router.get("/{name}/metadata", responses=RESPONSES)
 async def model_metadata(name: Name, serving: ServingDep) -> Response:
     """The `serving_default` signature: input `input` and output `output`, float32, batch first."""
-    try:
-        infos = await _infos(serving, name, None)
-    except PredictError as exc:
-        return _error(STATUS[exc.kind], exc.message)
-    return _json(_metadata(infos[0]))
+    return await _about(serving, name, None, _newest_metadata)
 
 
 @router.get("/{name}/versions/{version}/metadata", responses=RESPONSES)
 async def version_metadata(name: Name, version: Version, serving: ServingDep) -> Response:
-    try:
-        infos = await _infos(serving, name, _version(version))
-    except PredictError as exc:
-        return _error(STATUS[exc.kind], exc.message)
-    return _json(_metadata(infos[0]))
+    return await _about(serving, name, version, _newest_metadata)
 
 
 def _row_format(instances: Any, info: ModelInfo, serving: Serving) -> FloatArray:
