@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         default="text", description="`json`: one JSON object per log line, with `job_id` while a job trains."
     )
+    opentelemetry: bool = Field(
+        default=False,
+        description="FastAPI's own OpenTelemetry spans and metrics for every request, sent to the providers "
+        "configured in the process (e.g. by `opentelemetry-instrument`). Off, the API does not look for them on "
+        "each request; /metrics (Prometheus) counts and times requests either way.",
+    )
     sse_heartbeat: float = Field(
         default=15.0, gt=0, description="Seconds between keep-alive comments on an idle event stream."
     )

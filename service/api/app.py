@@ -15,6 +15,7 @@ from fastapi.openapi.utils import get_openapi
 from service.api import errors
 from service.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, parse_api_keys
 from service.api.observability import Metrics, MetricsMiddleware
+from service.api.plain_routes import serve_plainly
 from service.api.predictor import Serving
 from service.api.routers import (
     dashboard,
@@ -65,6 +66,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        telemetry={
+            "tracing": settings.opentelemetry,
+            "metrics": settings.opentelemetry,
+            "logs": settings.opentelemetry,
+        },
     )
     app.state.settings = settings
     app.state.celery = make_celery(settings)
@@ -81,6 +87,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (predict, tfserving, v2, train, jobs, job_events, models, datasets, examples, health, metrics):
         app.include_router(module.router)
     app.include_router(dashboard.router)  # `/` and the dashboard's files
+    serve_plainly(
+        app,
+        [predict.router, tfserving.router, v2.router],
+        [predict.predict, tfserving.predict, tfserving.predict_version, v2.infer, v2.infer_version],
+    )
     return app
 
 

@@ -113,7 +113,7 @@ class ApiKeyMiddleware:
 
 
 class BodyLimitMiddleware:
-    """413 for a body over the limit: at once from Content-Length, else as soon as the stream passes it.
+    """413 for a body over the limit: at once from Content-Length, else (chunked) as soon as the stream passes it.
     Multipart uploads are left to the upload endpoint, which has its own limit."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -133,8 +133,12 @@ class BodyLimitMiddleware:
             f"(TRAINSERVE_MAX_REQUEST_BYTES)"
         )
         length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await _reply(send, 413, "payload_too_large", message)
+        if length is not None and length.isdigit():
+            if int(length) > self.max_bytes:
+                await _reply(send, 413, "payload_too_large", message)
+                return
+            # The server reads exactly Content-Length bytes: nothing more can arrive to count.
+            await self.app(scope, receive, send)
             return
         received = 0
         started = False
