@@ -26,12 +26,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 
 from bench.data import write_fashion_mnist
 from bench.load import Target, http_request, throughputs, timed
 from bench.processes import serving
+from service.client import Client
 from service.embedded import free_port
 
 HOST = "127.0.0.1"
@@ -39,14 +39,14 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "fashion_mnist_s
 
 
 def train_in_service(base: str, spec: dict[str, Any]) -> tuple[float, dict[str, Any]]:
-    with httpx.Client(base_url=base, timeout=60) as http:
-        start = time.perf_counter()
-        created = http.post("/train", json=spec)
-        created.raise_for_status()
-        job_id = created.json()["job_id"]
-        while (job := http.get(f"/jobs/{job_id}").json())["status"] in ("queued", "running"):
-            time.sleep(0.05)
-        seconds = time.perf_counter() - start
+    """POST /train, then follow the job's event stream, as `trainserve train --watch` does, until it ends."""
+    client = Client(base)
+    start = time.perf_counter()
+    job_id = client.json("POST", "/train", json=spec)["job_id"]
+    for _event in client.events(job_id):
+        pass
+    seconds = time.perf_counter() - start
+    job: dict[str, Any] = client.json("GET", f"/jobs/{job_id}")
     if job["status"] != "succeeded":
         raise RuntimeError(f"the benchmark's training job failed: {job['error']}")
     return seconds, job
@@ -101,7 +101,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds each route is loaded, in slices")
     parser.add_argument("--repeat", type=int, default=5, help="timed runs of each 10,000-instance request")
-    parser.add_argument("--training-runs", type=int, default=2, help="training runs on each side (fastest counts)")
+    parser.add_argument("--training-runs", type=int, default=3, help="training runs on each side (fastest counts)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, database)")
     args = parser.parse_args()
 
