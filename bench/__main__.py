@@ -125,7 +125,7 @@ def main() -> None:
     rows: list[tuple[str, str, str, str]] = []
     try:
         with serving([trainserve, "serve", "--port", str(service_port)], env, workdir / "serve.log", f"{base}/readyz"):
-            # Other work on a shared machine only ever adds time: each side runs twice, alternating, and its
+            # Other work on a shared machine only ever adds time: each side runs several times, alternating, and its
             # fastest run counts. TensorFlow's one-time start-up is paid before either is timed.
             warm_up_keras()
             plain_fits, service_fits = [], []

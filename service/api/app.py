@@ -79,7 +79,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost last: the key is checked before the body is read.
     app.state.metrics = Metrics(settings, app.state.serving)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
-    app.add_middleware(ApiKeyMiddleware, keys=parse_api_keys(settings.api_keys))
+    keys = parse_api_keys(settings.api_keys)
+    if keys:  # an open service skips the layer altogether
+        app.add_middleware(ApiKeyMiddleware, keys=keys)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics.http)  # outermost: refusals count too
     if settings.api_keys:
         _document_bearer_auth(app)
