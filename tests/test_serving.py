@@ -140,6 +140,28 @@ def test_npy_bodies_and_answers(client: TestClient, settings: Settings, trained:
     assert nothing.json()["error"]["errors"][0]["path"] == "query.model_id"
 
 
+def test_large_bodies_reuse_a_receive_buffer_and_each_gets_its_own_answer(
+    client: TestClient, settings: Settings, trained: Trained
+) -> None:
+    """Bodies over 256 KiB are received into buffers kept between requests (see service/api/body_buffers.py)."""
+    serving = client.app.state.serving  # type: ignore[attr-defined]
+    reused = serving.bodies.reused
+    headers = {"Content-Type": NPY, "Accept": NPY}
+    for start in (0, 600, 300):  # 1,100 digits as float32: 282 KB each time, different images
+        x = digits(1100, start)
+        answer = client.post("/predict", params={"model_id": trained.v1}, content=npy(x), headers=headers)
+        assert answer.status_code == 200, answer.text
+        assert np.allclose(
+            np.load(io.BytesIO(answer.content)), reference(settings, trained.v1, x, trained.rescale), atol=1e-5
+        )
+    assert serving.bodies.reused >= reused + 2, "after the first, each body of that size took the kept buffer"
+    x = digits(1100, 200)
+    as_json = client.post("/predict", json={"model_id": trained.v1, "instances": x.tolist()})
+    assert np.allclose(as_json.json()["predictions"], reference(settings, trained.v1, x, trained.rescale), atol=1e-5)
+    refused = client.post("/predict", params={"model_id": trained.v1}, content=npy(x[:, :4]), headers=headers)
+    assert refused.status_code == 422
+
+
 def test_tensorflow_serving_rest_api(client: TestClient, trained: Trained) -> None:
     base = f"/v1/models/{quote(NAME)}"
     status = client.get(base).json()

@@ -23,6 +23,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from service import registry
 from service.api.batching import Batcher, BatchStats
+from service.api.body_buffers import BodyBuffers
 from service.db import ModelRow, session_factory
 from service.registry import ModelRef
 from service.settings import Settings
@@ -210,6 +211,7 @@ class Serving:
         self.settings = settings
         self.max_instances = settings.max_predict_instances
         self.stats = BatchStats()
+        self.bodies = BodyBuffers()
         # Model calls run here, off the event loop; TensorFlow itself spreads one call over the cores.
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="inference")
         self.cache = ModelCache(
@@ -300,9 +302,13 @@ def batch_from_json(values: Any, info: ModelInfo, what: str, loc: tuple[str | in
     return check_finite(x, what, loc)
 
 
-def batch_from_npy(body: bytes, info: ModelInfo, limit: Callable[[int], None]) -> FloatArray:
+# The header of a .npy file: its magic, its length and a dict of at most 64 KiB in format 1.0.
+NPY_HEADER_PEEK = 12 + 65_536
+
+
+def batch_from_npy(body: bytes | memoryview, info: ModelInfo, limit: Callable[[int], None]) -> FloatArray:
     """A ``.npy`` body (numbers, shape (n, *input_shape)) as a float32 batch, without copying float32 data."""
-    stream = io.BytesIO(body)
+    stream = io.BytesIO(body[:NPY_HEADER_PEEK])
     try:
         version = np.lib.format.read_magic(stream)
         if version == (1, 0):

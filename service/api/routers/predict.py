@@ -85,7 +85,7 @@ def _reference(model_id: Any, model: Any, loc: tuple[str, ...] = ()) -> ModelRef
     return ModelRef(model_id=model_id) if model_id is not None else parse_reference(model)
 
 
-def _json_request(body: bytes) -> tuple[ModelRef, list[Any]]:
+def _json_request(body: bytes | memoryview) -> tuple[ModelRef, list[Any]]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -143,19 +143,25 @@ async def predict(request: Request) -> Response:
     `/predict?model=name`); `Accept: application/x-npy` answers the predictions as `.npy` too. Concurrent
     requests for one model are computed together (see `/metrics`)."""
     serving = serving_of(request)
-    body = await request.body()
+    body = await serving.bodies.read(request)
     try:
         if request.headers.get("content-type", "").startswith(NPY):
             query = request.query_params
             ref = _reference(query.get("model_id"), query.get("model"), ("query",))
             loaded = await serving.resolve(ref)
-            x = batch_from_npy(body, loaded.info, serving.check_count)
+            x = batch_from_npy(body.data, loaded.info, serving.check_count)
         else:
-            ref, instances = _json_request(body)
+            ref, instances = _json_request(body.data)
+            serving.bodies.release(body)  # parsed: nothing refers to the bytes any more
             serving.check_count(len(instances), ("instances",))
             loaded = await serving.resolve(ref)
             x = batch_from_json(instances, loaded.info, "instances", ("instances",))
         outputs = await serving.predict(loaded, x)
     except PredictError as exc:
+        serving.bodies.release(body)  # refused, or the model's call is over: either way x is not read again
         raise api_error(exc) from exc
+    except ApiError:
+        serving.bodies.release(body)  # refused before anything was computed
+        raise
+    serving.bodies.release(body)
     return _answer(loaded, outputs, request.headers.get("accept", ""))

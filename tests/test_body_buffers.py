@@ -1,0 +1,72 @@
+"""Large prediction bodies are received into buffers kept between requests, and only a released one is reused."""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.requests import Request
+from starlette.types import Message
+
+from service.api.body_buffers import Body, BodyBuffers
+
+KB = 1024
+
+
+def request(body: bytes, chunk: int = 64 * KB, content_length: bool = True) -> Request:
+    pieces = [body[i : i + chunk] for i in range(0, len(body), chunk)] or [b""]
+    headers = [(b"content-length", str(len(body)).encode())] if content_length else []
+
+    async def receive() -> Message:
+        piece = pieces.pop(0)
+        return {"type": "http.request", "body": piece, "more_body": bool(pieces)}
+
+    return Request({"type": "http", "method": "POST", "path": "/", "headers": headers}, receive)
+
+
+def read(buffers: BodyBuffers, body: bytes, **kwargs: bool) -> Body:
+    return asyncio.run(buffers.read(request(body, **kwargs)))
+
+
+def test_a_small_body_is_read_as_bytes() -> None:
+    buffers = BodyBuffers(min_bytes=256 * KB)
+    body = read(buffers, b"x" * 1000)
+    assert body.data == b"x" * 1000
+    assert body.buffer is None
+
+
+def test_a_released_buffer_takes_the_next_large_body() -> None:
+    buffers = BodyBuffers(min_bytes=100 * KB)
+    first = read(buffers, bytes(range(256)) * 1000)
+    assert bytes(first.data) == bytes(range(256)) * 1000
+    buffer = first.buffer
+    buffers.release(first)
+    second = read(buffers, b"\x07" * 200_000)  # shorter: the kept buffer fits it
+    assert second.buffer is buffer
+    assert bytes(second.data) == b"\x07" * 200_000
+    assert buffers.reused == 1
+
+
+def test_a_buffer_still_held_is_not_handed_out_again() -> None:
+    buffers = BodyBuffers(min_bytes=100 * KB)
+    held = read(buffers, b"a" * 300_000)
+    other = read(buffers, b"b" * 300_000)
+    assert other.buffer is not held.buffer
+    assert bytes(held.data) == b"a" * 300_000, "a second body does not overwrite one still in use"
+    assert buffers.reused == 0
+
+
+def test_the_pool_keeps_a_few_buffers_of_bounded_size() -> None:
+    buffers = BodyBuffers(min_bytes=100 * KB, keep=2, max_kept_bytes=1000 * KB)
+    bodies = [read(buffers, b"z" * size) for size in (200_000, 400_000, 300_000, 2_000_000)]
+    for body in bodies:
+        buffers.release(body)
+    assert sorted(buffers.kept) == [300_000, 400_000], "the two largest that may be kept"
+    assert read(buffers, b"y" * 350_000).buffer is not None
+    assert buffers.reused == 1
+
+
+def test_a_chunked_body_is_read_as_bytes() -> None:
+    buffers = BodyBuffers(min_bytes=100 * KB)
+    body = read(buffers, b"c" * 300_000, content_length=False)
+    assert body.buffer is None
+    assert body.data == b"c" * 300_000
