@@ -314,3 +314,25 @@ def test_no_model_file_without_a_record(client: TestClient, settings: Settings) 
     records = {m["model_id"] for m in client.get("/models", params={"limit": 500}).json()["data"]}
     files = {p.stem for p in settings.store_dir.iterdir()}
     assert files == records, "every .keras file has its record and no temporary file is left behind"
+
+
+@pytest.mark.parametrize("rescale", [None, 1 / 255])
+def test_pixels_become_one_float32_array_with_the_rescale(rescale: float | None) -> None:
+    """keras.datasets arrive as uint8 pixels; the job makes float32 of them once, scaled if asked."""
+    from service.datasets import LoadedDataset
+    from service.spec import TrainRequest
+    from worker.training import prepare
+
+    pixels = np.array([[[0, 128], [255, 7]]] * 4, dtype=np.uint8)
+    labels = np.array([0, 1, 0, 1], dtype=np.int64)
+    body = chapter_request()
+    body["model"] = {"input_shape": [2, 2], "layers": [{"type": "flatten"}, {"type": "dense", "units": 2}]}
+    body["dataset"] = {"name": "mnist", **({} if rescale is None else {"rescale": rescale})}
+    request = TrainRequest.model_validate(body)
+    splits = prepare(request, LoadedDataset(pixels, labels, pixels[:2], labels[:2]), num_classes=2)
+    expected = pixels.astype(np.float32) * np.float32(1 if rescale is None else rescale)
+    assert splits.x_train.dtype == np.float32
+    assert splits.x_test is not None
+    assert splits.x_test.dtype == np.float32
+    assert np.array_equal(splits.x_train, expected)
+    assert np.array_equal(splits.x_test, expected[:2])

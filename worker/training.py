@@ -49,9 +49,13 @@ def prepare(request: TrainRequest, data: LoadedDataset, num_classes: int) -> Spl
         x, x_test, y, y_test = train_test_split(
             x, y, test_size=spec.test_size, random_state=spec.random_state, stratify=y
         )
+    # One float32 array each, straight from the dataset's own numbers (uint8 pixels make no float copy first).
     if spec.rescale is not None:
         x = x * np.float32(spec.rescale)
         x_test = None if x_test is None else x_test * np.float32(spec.rescale)
+    else:
+        x = x.astype(np.float32, copy=False)
+        x_test = None if x_test is None else x_test.astype(np.float32, copy=False)
     encode = request.compile
     return Splits(
         x,
