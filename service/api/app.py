@@ -83,12 +83,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if keys:  # an open service skips the layer altogether
         app.add_middleware(ApiKeyMiddleware, keys=keys)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics.http)  # outermost: refusals count too
-    if settings.api_keys:
+    if keys:
         _document_bearer_auth(app)
-    # Prediction first: routes are matched in order, and predict requests are the many small ones.
     for module in (predict, tfserving, v2, train, jobs, job_events, models, datasets, examples, health, metrics):
         app.include_router(module.router)
     app.include_router(dashboard.router)  # `/` and the dashboard's files
+    # The prediction endpoints, the many small requests, are answered by plain routes ahead of all the others.
     serve_plainly(
         app,
         [predict.router, tfserving.router, v2.router],
