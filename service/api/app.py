@@ -15,7 +15,7 @@ from fastapi.openapi.utils import get_openapi
 from service.api import errors
 from service.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, parse_api_keys
 from service.api.observability import Metrics, MetricsMiddleware
-from service.api.plain_routes import serve_plainly
+from service.api.plain_routes import TrainServeAPI, serve_plainly
 from service.api.predictor import Serving
 from service.api.routers import (
     dashboard,
@@ -48,7 +48,7 @@ Every error has the same shape: `{"error": {"type", "message", "errors": [{"path
 """
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> TrainServeAPI:
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning("TRAINSERVE_REDIS_URL is not set: jobs cannot be queued")
         yield
 
-    app = FastAPI(
+    app = TrainServeAPI(
         title="TrainServe",
         version="0.1.0",
         description=DESCRIPTION,
