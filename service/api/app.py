@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 from collections.abc import AsyncIterator
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None) -> TrainServeAPI:
         get_engine(settings.database_url)  # creates the tables on first use
         # Load Keras now (a few seconds) rather than in the first request's dry build.
         await run_in_threadpool(importlib.import_module, "service.keras_build")
+        _settle_heap()
         settings.store_dir.mkdir(parents=True, exist_ok=True)
         if not settings.redis_url:
             log.warning("TRAINSERVE_REDIS_URL is not set: jobs cannot be queued")
@@ -95,6 +97,25 @@ def create_app(settings: Settings | None = None) -> TrainServeAPI:
         [predict.predict, tfserving.predict, tfserving.predict_version, v2.infer, v2.infer_version],
     )
     return app
+
+
+_heap_settled = False
+
+
+def _settle_heap() -> None:
+    """Keep the garbage collector out of the way of serving, once per process.
+
+    TensorFlow and Keras, once imported, are some 400,000 objects the API keeps for its whole life; under load each
+    full collection walked all of them (about 0.2 s, every request in flight waiting). Frozen, collections skip
+    them. And a predict request leaves a few hundred short-lived objects: the youngest generation is collected
+    every 10,000 allocations rather than every 700, which under load made collections ~3% of the event loop's time.
+    """
+    global _heap_settled
+    if not _heap_settled:
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(10_000, *gc.get_threshold()[1:])
+        _heap_settled = True
 
 
 def _document_bearer_auth(app: FastAPI) -> None:
