@@ -77,6 +77,12 @@ class Settings(BaseSettings):
         description="Longest a predict request waits for others to join its batch while more keep arriving; "
         "a request that finds the model idle and nobody else arriving starts at once.",
     )
+    predict_xla: Literal["auto", "always", "never"] = Field(
+        default="auto",
+        description="XLA-compiled model calls for batches up to `max_batch_size`, padded to a power of two and "
+        "compiled in the background on first use. `auto`: each batch size keeps XLA or the plain graph, "
+        "whichever is faster when timed after compiling; `always`; `never`: the graph only.",
+    )
     max_predict_instances: int = Field(
         default=10_000, ge=1, description="Most instances one predict request may carry (413 beyond)."
     )

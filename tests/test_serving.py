@@ -329,7 +329,7 @@ def test_instance_limit_holds_on_every_protocol(settings: Settings, trained: Tra
 
 
 def test_concurrent_requests_are_merged_and_each_gets_its_own_answer(settings: Settings, trained: Trained) -> None:
-    app = create_app(settings)
+    app = create_app(settings.model_copy(update={"predict_xla": "always"}))
     sizes = [1, 2, 3] * 6  # 18 requests, 36 instances
     inputs = []
     start = 0
@@ -347,7 +347,13 @@ def test_concurrent_requests_are_merged_and_each_gets_its_own_answer(settings: S
             assert all(r.status_code == 200 for r in responses)
             return [r.json() for r in responses], (await http.get("/metrics")).text
 
-    for round_ in (1, 2):  # the first burst waits for the model to load; the second finds it loaded
+    # The first burst waits for the model to load; the second finds it loaded; by the third every batch size is
+    # compiled with XLA (padded to a power of two).
+    for round_ in (1, 2, 3):
+        if round_ == 3:
+            call = app.state.serving.cache.peek(trained.v2).call
+            call.compile_all()
+            call.settle()
         answers, metrics = asyncio.run(burst())
         offset = 0
         for size, answer in zip(sizes, answers, strict=True):
@@ -358,6 +364,7 @@ def test_concurrent_requests_are_merged_and_each_gets_its_own_answer(settings: S
         assert metric(metrics, "trainserve_batch_instances_sum", model_id=trained.v2) == round_ * sum(sizes)
         assert calls < round_ * len(sizes), "concurrent requests were merged into fewer calls"
         assert metric(metrics, "trainserve_batch_requests_bucket", model_id=trained.v2, le="1") < calls
+    assert metric(metrics, "trainserve_model_calls_total", model_id=trained.v2, call="xla") > 0
 
 
 def test_cache_keeps_the_most_recently_used_models(settings: Settings, trained: Trained) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import redis
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import case, func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -106,6 +106,17 @@ class ServingCollector(Collector):
         yield requests
         yield instances
         cache = self.serving.cache
+        calls = CounterMetricFamily(
+            "trainserve_model_calls",
+            "Calls of the loaded models, by the function that ran: `xla` (compiled for the padded batch size) "
+            "or `graph`.",
+            labels=[*labels, "call"],
+        )
+        for loaded in cache.loaded:
+            info = loaded.info
+            for kind, count in sorted(loaded.call.calls.items()):
+                calls.add_metric([info.model_id, info.name, str(info.version), kind], count)
+        yield calls
         yield GaugeMetricFamily("trainserve_models_loaded", "Models loaded for prediction.", len(cache.loaded))
         yield GaugeMetricFamily(
             "trainserve_models_loaded_bytes", "Bytes of weights of the loaded models.", cache.nbytes
@@ -119,8 +130,6 @@ def _buckets(histogram: BatchHistogram) -> list[tuple[str, float]]:
 
 
 def _counter(name: str, documentation: str, value: float) -> Metric:
-    from prometheus_client.core import CounterMetricFamily
-
     return CounterMetricFamily(name, documentation, value=value)
 
 

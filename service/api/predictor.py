@@ -12,7 +12,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from fastapi.concurrency import run_in_threadpool
 from service import registry
 from service.api.batching import Batcher, BatchStats
 from service.api.body_buffers import BodyBuffers
+from service.api.model_call import ModelCall, XlaMode, load_model_call
 from service.db import ModelRow, session_factory
 from service.registry import ModelRef
 from service.settings import Settings
@@ -90,37 +91,14 @@ class LoadedModel:
     """A model ready to answer: its record, its compiled call and the batcher that feeds it."""
 
     info: ModelInfo
-    nbytes: int
+    call: ModelCall = field(repr=False)
     batcher: Batcher = field(repr=False)
 
-
-def compile_call(path: Path, info: ModelInfo) -> tuple[Callable[[FloatArray], FloatArray], int]:
-    """Load a stored model and trace one TensorFlow graph for it (preprocessing included), for any batch size.
-
-    ``model.predict`` builds a dataset and an iterator per call; ``predict_on_batch`` re-enters Keras' training
-    machinery. A concrete function traced once per model is the bare graph call. Returns the call and the bytes
-    its weights take.
-    """
-    import keras
-    import tensorflow as tf
-
-    model = keras.models.load_model(path, compile=False, safe_mode=True)
-    scale = None if info.rescale is None else tf.constant(info.rescale, tf.float32)
-
-    def serve(x: Any) -> Any:
-        if scale is not None:
-            x = x * scale
-        return model(x, training=False)
-
-    signature = [tf.TensorSpec([None, *info.input_shape], tf.float32)]
-    concrete = tf.function(serve, input_signature=signature).get_concrete_function()
-
-    def call(x: FloatArray) -> FloatArray:
-        result: FloatArray = concrete(tf.constant(x)).numpy()
-        return result
-
-    nbytes = sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in model.weights)
-    return call, nbytes
+    @property
+    def nbytes(self) -> int:
+        """The bytes its weights take."""
+        nbytes: int = self.call.nbytes
+        return nbytes
 
 
 class ModelCache:
@@ -136,12 +114,18 @@ class ModelCache:
         store: Path,
         capacity: int,
         max_bytes: int,
-        make_batcher: Callable[[ModelInfo, Callable[[FloatArray], FloatArray]], Batcher],
+        make_batcher: Callable[[ModelInfo, ModelCall], Batcher],
+        max_batch_size: int,
+        compiler: Executor,
+        xla: XlaMode,
     ) -> None:
         self.store = store
         self.capacity = capacity
         self.max_bytes = max_bytes
         self._make_batcher = make_batcher
+        self._max_batch_size = max_batch_size
+        self._compiler = compiler
+        self._xla: XlaMode = xla
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._loading: dict[str, asyncio.Task[LoadedModel]] = {}
         # Keras names layers from process-wide counters: load one model at a time.
@@ -177,25 +161,34 @@ class ModelCache:
 
     async def _load(self, info: ModelInfo) -> LoadedModel:
         try:
-            call, nbytes = await run_in_threadpool(self._load_sync, info)
-            loaded = LoadedModel(info=info, nbytes=nbytes, batcher=self._make_batcher(info, call))
+            call = await run_in_threadpool(self._load_sync, info)
+            loaded = LoadedModel(info=info, call=call, batcher=self._make_batcher(info, call))
             self._models[info.model_id] = loaded
             self.loads += 1
             self._evict()
-            log.info("loaded model %s (%s@%d, %d bytes of weights)", info.model_id, info.name, info.version, nbytes)
+            log.info(
+                "loaded model %s (%s@%d, %d bytes of weights)", info.model_id, info.name, info.version, call.nbytes
+            )
             return loaded
         finally:
             self._loading.pop(info.model_id, None)
 
-    def _load_sync(self, info: ModelInfo) -> tuple[Callable[[FloatArray], FloatArray], int]:
+    def _load_sync(self, info: ModelInfo) -> ModelCall:
         try:
             path = verified_path(self.store, info.model_id, info.sha256)
         except StoreError as exc:
             raise PredictError("store_error", str(exc)) from exc
         with self._load_lock:
-            call, nbytes = compile_call(path, info)
-        call(np.zeros((1, *info.input_shape), dtype=np.float32))  # warm up: the first call pays for the graph
-        return call, nbytes
+            call = load_model_call(
+                path,
+                info.input_shape,
+                info.rescale,
+                max_batch_size=self._max_batch_size,
+                compiler=self._compiler,
+                xla=self._xla,
+            )
+        call.warm_up()
+        return call
 
     def _evict(self) -> None:
         while len(self._models) > 1 and (len(self._models) > self.capacity or self.nbytes > self.max_bytes):
@@ -214,16 +207,21 @@ class Serving:
         self.bodies = BodyBuffers()
         # Model calls run here, off the event loop; TensorFlow itself spreads one call over the cores.
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="inference")
+        # XLA compilations of the loaded models' batch sizes, one at a time, in the background.
+        self.compiler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compile")
         self.cache = ModelCache(
             store=settings.store_dir,
             capacity=settings.predict_cache_size,
             max_bytes=settings.predict_cache_bytes,
             make_batcher=self._make_batcher,
+            max_batch_size=settings.max_batch_size,
+            compiler=self.compiler,
+            xla=settings.predict_xla,
         )
         # (name, version) → model id never changes once published; only "latest" needs the database each time.
         self._pinned: dict[tuple[str, int], str] = {}
 
-    def _make_batcher(self, info: ModelInfo, call: Callable[[FloatArray], FloatArray]) -> Batcher:
+    def _make_batcher(self, info: ModelInfo, call: ModelCall) -> Batcher:
         return Batcher(
             call,
             executor=self.executor,
