@@ -270,8 +270,8 @@ def _fail(run: JobRun, error_type: str, message: str) -> str:
 
 def _train(run: JobRun, request: TrainRequest) -> str:
     job_id, settings = run.job_id, run.settings
-    # Fresh layer names for this job's model; the garbage collection that clear_session() does by default (a fifth
-    # of a second over TensorFlow's heap) already ran after this process's previous job.
+    # Fresh layer names for this job's model. The full clear_session(), whose garbage collection over TensorFlow's
+    # heap takes a fifth of a second, is run_job's, after every job, where no one is waiting for it.
     keras.backend.clear_session(free_memory=False)
     if request.fit.seed is not None:
         keras.utils.set_random_seed(request.fit.seed)
