@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
@@ -195,7 +196,14 @@ def predict_command(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except ValidationError as exc:  # a setting that cannot be used: say which, and do not start
+        for error in exc.errors():
+            name = "TRAINSERVE_" + "_".join(str(part) for part in error["loc"]).upper()
+            message = str(error["msg"]).removeprefix("Value error, ")
+            Console(stderr=True).print(f"[red]{escape(name)}[/red]: {escape(message)}", highlight=False)
+        raise SystemExit(EXIT_REFUSED) from None
 
 
 if __name__ == "__main__":

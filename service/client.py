@@ -13,8 +13,10 @@ from typing import Any
 
 import httpx
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 # `trainserve train --watch` exits with the job's outcome.
 EXIT_CODES = {"succeeded": 0, "failed": 1, "cancelled": 3}
@@ -111,7 +113,7 @@ def watch(client: Client, job_id: str, console: Console) -> str:
         MofNCompleteColumn(),
         TextColumn("epochs"),
         TimeElapsedColumn(),
-        TextColumn("{task.fields[metrics]}"),
+        TextColumn("{task.fields[metrics]}", markup=False),
         console=console,
         transient=False,
     ) as progress:
@@ -131,12 +133,12 @@ def watch(client: Client, job_id: str, console: Console) -> str:
     if job["status"] == "succeeded":
         console.print(f"[green]succeeded[/green]: model {job['model_id']}")
         if job.get("evaluation"):
-            console.print(f"held-out: {_metrics_text(job['evaluation'])}")
+            console.print(f"held-out: {escape(_metrics_text(job['evaluation']))}")
     elif job["status"] == "failed":
         error = job.get("error") or {}
-        console.print(f"[red]failed[/red]: {error.get('type')}: {error.get('message')}")
+        console.print(f"[red]failed[/red]: {escape(str(error.get('type')))}: {escape(str(error.get('message')))}")
     else:
-        console.print(f"[yellow]{job['status']}[/yellow]")
+        console.print(f"[yellow]{escape(str(job['status']))}[/yellow]")
     return str(job["status"])
 
 
@@ -149,7 +151,7 @@ def jobs_table(listing: dict[str, Any]) -> Table:
         accuracy = last.get("val_accuracy", last.get("accuracy"))
         table.add_row(
             job["job_id"],
-            job["name"] or "",
+            Text(job["name"] or ""),  # user text is shown as written, never read as markup
             job["status"],
             f"{job['progress']['epoch']}/{job['progress']['epochs']}",
             "" if accuracy is None else f"{accuracy:.4f}",
@@ -168,9 +170,9 @@ def models_table(listing: dict[str, Any]) -> Table:
         accuracy = (model.get("evaluation") or model.get("metrics") or {}).get("accuracy")
         table.add_row(
             model["model_id"],
-            model["name"],
+            Text(model["name"]),
             str(model.get("version", "")),
-            str(dataset),
+            Text(str(dataset)),
             f"{model['total_params']:,}",
             "" if accuracy is None else f"{accuracy:.4f}",
             model["created_at"][:19].replace("T", " "),
@@ -179,7 +181,7 @@ def models_table(listing: dict[str, Any]) -> Table:
 
 
 def predictions_table(answer: dict[str, Any]) -> Table:
-    table = Table(title=f"model {answer['model_id']}")
+    table = Table(title=Text(f"model {answer['model_id']}"))
     table.add_column("#", justify="right")
     table.add_column("class", justify="right")
     labels = answer.get("labels")
@@ -188,7 +190,7 @@ def predictions_table(answer: dict[str, Any]) -> Table:
     table.add_column("probability", justify="right")
     for i, (cls, row) in enumerate(zip(answer["classes"], answer["predictions"], strict=True)):
         probability = row[cls] if len(row) > 1 else (row[0] if cls == 1 else 1 - row[0])
-        cells = [str(i), str(cls), *([labels[i]] if labels else []), f"{probability:.4f}"]
+        cells: list[str | Text] = [str(i), str(cls), *([Text(labels[i])] if labels else []), f"{probability:.4f}"]
         table.add_row(*cells)
     return table
 

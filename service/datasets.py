@@ -33,6 +33,8 @@ class DatasetInfo:
     num_classes: int
     class_names: tuple[str, ...] | None
     description: str
+    # Samples in every split together: what a job's arrays are sized by.
+    rows: int
     # keras.datasets files under Keras' cache directory; empty for datasets shipped inside a package.
     cache_files: tuple[str, ...] = field(default=())
 
@@ -40,7 +42,7 @@ class DatasetInfo:
 BUILTIN_DATASETS: dict[str, DatasetInfo] = {
     info.name: info
     for info in (
-        DatasetInfo("digits", "scikit-learn", (8, 8), 10, None, "1,797 handwritten digits as 8×8 images, 0–16."),
+        DatasetInfo("digits", "scikit-learn", (8, 8), 10, None, "1,797 handwritten digits as 8×8 images, 0–16.", 1797),
         DatasetInfo(
             "iris",
             "scikit-learn",
@@ -48,6 +50,7 @@ BUILTIN_DATASETS: dict[str, DatasetInfo] = {
             3,
             ("setosa", "versicolor", "virginica"),
             "150 irises, 4 measurements.",
+            150,
         ),
         DatasetInfo(
             "wine",
@@ -56,6 +59,7 @@ BUILTIN_DATASETS: dict[str, DatasetInfo] = {
             3,
             ("class_0", "class_1", "class_2"),
             "178 wines, 13 chemical features.",
+            178,
         ),
         DatasetInfo(
             "breast_cancer",
@@ -64,6 +68,7 @@ BUILTIN_DATASETS: dict[str, DatasetInfo] = {
             2,
             ("malignant", "benign"),
             "569 tumours, 30 features.",
+            569,
         ),
         DatasetInfo(
             "mnist",
@@ -72,6 +77,7 @@ BUILTIN_DATASETS: dict[str, DatasetInfo] = {
             10,
             None,
             "70,000 handwritten digits as 28×28 images, 0–255.",
+            70_000,
             ("datasets/mnist.npz",),
         ),
         DatasetInfo(
@@ -81,6 +87,7 @@ BUILTIN_DATASETS: dict[str, DatasetInfo] = {
             10,
             FASHION_MNIST_CLASSES,
             "70,000 clothing images as 28×28 grey levels, 0–255.",
+            70_000,
             tuple(
                 f"datasets/fashion-mnist/{f}"
                 for f in (
@@ -98,6 +105,7 @@ BUILTIN_DATASETS: dict[str, DatasetInfo] = {
             10,
             CIFAR10_CLASSES,
             "60,000 colour images as 32×32×3, 0–255.",
+            60_000,
             ("datasets/cifar-10-batches-py",),
         ),
     )

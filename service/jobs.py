@@ -138,11 +138,24 @@ def _changed(result: Any) -> bool:
     return int(result.rowcount) == 1
 
 
-def renew_lease(*, session: Session, job_id: str, worker_id: str, lease_seconds: float) -> tuple[bool, bool]:
+def _holds(job_id: str, worker_id: str, attempt: int) -> list[Any]:
+    """The job is running under this worker's claim, in this attempt: the fence on every write a run makes. A
+    worker cut off while another took its job over matches neither, whatever it still tries to write."""
+    return [
+        JobRow.id == job_id,
+        JobRow.status == JobStatus.RUNNING,
+        JobRow.worker_id == worker_id,
+        JobRow.attempts == attempt,
+    ]
+
+
+def renew_lease(
+    *, session: Session, job_id: str, worker_id: str, attempt: int, lease_seconds: float
+) -> tuple[bool, bool]:
     """Extend this worker's lease on a running job. Returns (still ours, cancel requested)."""
     renewed = session.execute(
         update(JobRow)
-        .where(JobRow.id == job_id, JobRow.status == JobStatus.RUNNING, JobRow.worker_id == worker_id)
+        .where(*_holds(job_id, worker_id, attempt))
         .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
     )
     cancel = session.scalar(select(JobRow.cancel_requested).where(JobRow.id == job_id))
@@ -150,10 +163,22 @@ def renew_lease(*, session: Session, job_id: str, worker_id: str, lease_seconds:
 
 
 def record_epoch(
-    *, session: Session, job_id: str, epoch: int, metrics: dict[str, float | None], seconds: float | None = None
-) -> None:
+    *,
+    session: Session,
+    job_id: str,
+    worker_id: str,
+    attempt: int,
+    epoch: int,
+    metrics: dict[str, float | None],
+    seconds: float | None = None,
+) -> bool:
+    """Add a finished epoch to the job's history; False (and nothing written) if the job is no longer this
+    attempt's."""
+    moved = session.execute(update(JobRow).where(*_holds(job_id, worker_id, attempt)).values(epoch=epoch))
+    if not _changed(moved):
+        return False
     session.add(EpochRow(job_id=job_id, epoch=epoch, metrics=metrics, seconds=seconds))
-    session.execute(update(JobRow).where(JobRow.id == job_id).values(epoch=epoch))
+    return True
 
 
 def complete_job(
@@ -161,6 +186,7 @@ def complete_job(
     session: Session,
     job_id: str,
     worker_id: str,
+    attempt: int,
     model: ModelRow,
     evaluation: dict[str, float | None] | None,
 ) -> bool:
@@ -168,12 +194,7 @@ def complete_job(
     worker's to finish (cancelled, or taken over after its lease ran out)."""
     done = session.execute(
         update(JobRow)
-        .where(
-            JobRow.id == job_id,
-            JobRow.status == JobStatus.RUNNING,
-            JobRow.worker_id == worker_id,
-            JobRow.cancel_requested.is_(False),
-        )
+        .where(*_holds(job_id, worker_id, attempt), JobRow.cancel_requested.is_(False))
         .values(
             status=JobStatus.SUCCEEDED,
             finished_at=utcnow(),
@@ -188,10 +209,15 @@ def complete_job(
     return True
 
 
-def fail_job(*, session: Session, job_id: str, worker_id: str, error_type: str, message: str) -> None:
+def still_holds(*, session: Session, job_id: str, worker_id: str, attempt: int) -> bool:
+    """Whether this attempt still runs the job (else another worker took it over)."""
+    return session.scalar(select(func.count()).select_from(JobRow).where(*_holds(job_id, worker_id, attempt))) == 1
+
+
+def fail_job(*, session: Session, job_id: str, worker_id: str, attempt: int, error_type: str, message: str) -> None:
     session.execute(
         update(JobRow)
-        .where(JobRow.id == job_id, JobRow.status == JobStatus.RUNNING, JobRow.worker_id == worker_id)
+        .where(*_holds(job_id, worker_id, attempt))
         .values(
             status=JobStatus.FAILED,
             finished_at=utcnow(),
@@ -202,11 +228,11 @@ def fail_job(*, session: Session, job_id: str, worker_id: str, error_type: str, 
     )
 
 
-def finish_cancelled(*, session: Session, job_id: str, worker_id: str) -> bool:
+def finish_cancelled(*, session: Session, job_id: str, worker_id: str, attempt: int) -> bool:
     """A running job whose cancel was requested stops: running → cancelled."""
     done = session.execute(
         update(JobRow)
-        .where(JobRow.id == job_id, JobRow.status == JobStatus.RUNNING, JobRow.worker_id == worker_id)
+        .where(*_holds(job_id, worker_id, attempt))
         .values(status=JobStatus.CANCELLED, finished_at=utcnow(), lease_expires_at=None)
     )
     return _changed(done)

@@ -7,6 +7,7 @@ functions, so a spec that passes the API is the model the worker trains. Importi
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +34,15 @@ class SpecError(Exception):
 class DryBuild:
     total_params: int
     output_shape: tuple[int | None, ...]
+    # float32 bytes of one instance's input and layer outputs: a model call on n instances needs n times this.
+    activation_bytes: int
+    # What the job's arrays take in the worker: float32 inputs, and labels as its loss expects them.
+    data_bytes: int
+
+
+FLOAT32 = 4
+# Bytes per label as each loss is fed: int64 class numbers, one float32, or a float32 per class.
+LABEL_BYTES = {"sparse": 8, "binary": 4}
 
 
 # TensorFlow opens a name scope per model and layer while it runs them, and its scope names allow only these.
@@ -93,18 +103,91 @@ def runnable_copy(spec: ModelSpec, display: keras.Sequential) -> keras.Sequentia
     )
 
 
-def estimate_params(spec: ModelSpec) -> int | None:
-    """The model's parameter count from shapes alone, allocating no weights; None when a shape cannot be worked
-    out (building the model then says why)."""
+@dataclass(frozen=True)
+class ShapeEstimate:
+    params: int
+    activation_bytes: int
+
+
+def estimate(spec: ModelSpec) -> ShapeEstimate | None:
+    """The model's parameter count and per-instance activation memory from shapes alone, allocating nothing;
+    None when a shape cannot be worked out (building the model then says why)."""
     shape: tuple[int | None, ...] = (None, *spec.input_shape)
-    total = 0
+    params = 0
+    outputs: list[tuple[int | None, ...]] = []
     for layer_spec in spec.layers:
-        total += layer_spec.params(shape)
+        params += layer_spec.params(shape)
         try:
             shape = tuple(layer_spec.build().compute_output_shape(shape))
         except Exception:
             return None
-    return total
+        outputs.append(shape)
+    return ShapeEstimate(params, activation_bytes(tuple(spec.input_shape), outputs))
+
+
+def estimate_params(spec: ModelSpec) -> int | None:
+    found = estimate(spec)
+    return None if found is None else found.params
+
+
+def activation_bytes(input_shape: tuple[int, ...], output_shapes: Sequence[Sequence[int | None]]) -> int:
+    """float32 bytes of one instance's input and of every layer's output for it."""
+    values = math.prod(input_shape) + sum(math.prod(d or 1 for d in shape[1:]) for shape in output_shapes)
+    return FLOAT32 * values
+
+
+def training_data_bytes(
+    *, rows: int, input_shape: Sequence[int], compile_spec: CompileSpec, num_classes: int
+) -> tuple[int, int]:
+    """(inputs, labels): the bytes a job's arrays take in the worker, every split together."""
+    inputs = rows * math.prod(input_shape) * FLOAT32
+    per_label = LABEL_BYTES.get(compile_spec.label_encoding, num_classes * FLOAT32)
+    return inputs, rows * per_label
+
+
+def memory_problems(
+    request: TrainRequest,
+    info: DatasetInfo,
+    per_instance: int,
+    *,
+    max_activation_bytes: int,
+    max_training_data_bytes: int,
+) -> list[tuple[Path, str]]:
+    """Why the job would need more memory than the service gives one, counted from shapes before anything is
+    allocated: one training batch's activations, and the job's arrays."""
+    problems: list[tuple[Path, str]] = []
+    batch = request.fit.batch_size
+    if batch * per_instance > max_activation_bytes:
+        fits = max_activation_bytes // per_instance
+        problems.append(
+            (
+                ("fit", "batch_size"),
+                f"a batch of {batch:,} needs about {batch * per_instance:,} bytes for the layers' outputs "
+                f"({per_instance:,} per instance), more than one model call may take (TRAINSERVE_MAX_ACTIVATION_BYTES: "
+                f"{max_activation_bytes:,})" + (f"; use batch_size {fits:,} or less" if fits else ""),
+            )
+        )
+    inputs, labels = training_data_bytes(
+        rows=info.rows, input_shape=info.input_shape, compile_spec=request.compile, num_classes=info.num_classes
+    )
+    if inputs + labels > max_training_data_bytes:
+        one_hot = request.compile.label_encoding == "one_hot"
+        what = (
+            f"labels as one-hot rows of {info.num_classes:,} classes for loss {request.compile.loss!r}: {labels:,}"
+            if one_hot
+            else f"labels: {labels:,}"
+        )
+        hint = "; sparse_categorical_crossentropy takes class numbers instead" if one_hot else ""
+        path: Path = ("compile", "loss") if one_hot and labels > inputs else ("dataset",)
+        problems.append(
+            (
+                path,
+                f"the job's arrays would take {inputs + labels:,} bytes in the worker (inputs as float32: "
+                f"{inputs:,}; {what}), more than a job may (TRAINSERVE_MAX_TRAINING_DATA_BYTES: "
+                f"{max_training_data_bytes:,}){hint}",
+            )
+        )
+    return problems
 
 
 def too_many_params(count: int, limit: int) -> str:
@@ -114,13 +197,34 @@ def too_many_params(count: int, limit: int) -> str:
     )
 
 
-def dry_build(request: TrainRequest, info: DatasetInfo, max_params: int | None = None) -> DryBuild:
+@dataclass(frozen=True)
+class MemoryLimits:
+    max_activation_bytes: int
+    max_training_data_bytes: int
+
+
+def dry_build(
+    request: TrainRequest,
+    info: DatasetInfo,
+    max_params: int | None = None,
+    memory: MemoryLimits | None = None,
+) -> DryBuild:
     """Build the model as the worker will and check it against the dataset, without training anything.
-    A model over ``max_params`` is refused before its weights are allocated."""
-    if max_params is not None:
-        estimate = estimate_params(request.model)
-        if estimate is not None and estimate > max_params:
-            raise SpecError([(("model",), too_many_params(estimate, max_params))])
+    A model over ``max_params``, or one that needs more memory than ``memory`` allows, is refused before its
+    weights are allocated."""
+    early = estimate(request.model)
+    if early is not None and max_params is not None and early.params > max_params:
+        raise SpecError([(("model",), too_many_params(early.params, max_params))])
+    if early is not None and memory is not None:
+        too_much = memory_problems(
+            request,
+            info,
+            early.activation_bytes,
+            max_activation_bytes=memory.max_activation_bytes,
+            max_training_data_bytes=memory.max_training_data_bytes,
+        )
+        if too_much:
+            raise SpecError(too_much)
     problems: list[tuple[Path, str]] = []
     if tuple(request.model.input_shape) != info.input_shape:
         problems.append(
@@ -142,7 +246,23 @@ def dry_build(request: TrainRequest, info: DatasetInfo, max_params: int | None =
     total = model.count_params()
     if max_params is not None and total > max_params:
         raise SpecError([(("model",), too_many_params(total, max_params))])
-    return DryBuild(total_params=total, output_shape=output_shape)
+    per_instance = activation_bytes(tuple(request.model.input_shape), [layer.output.shape for layer in model.layers])
+    if memory is not None:
+        too_much = memory_problems(
+            request,
+            info,
+            per_instance,
+            max_activation_bytes=memory.max_activation_bytes,
+            max_training_data_bytes=memory.max_training_data_bytes,
+        )
+        if too_much:
+            raise SpecError(too_much)
+    inputs, labels = training_data_bytes(
+        rows=info.rows, input_shape=info.input_shape, compile_spec=request.compile, num_classes=info.num_classes
+    )
+    return DryBuild(
+        total_params=total, output_shape=output_shape, activation_bytes=per_instance, data_bytes=inputs + labels
+    )
 
 
 def check_output(compile_spec: CompileSpec, output_shape: tuple[int | None, ...], info: DatasetInfo) -> str | None:
@@ -175,7 +295,7 @@ def compile_model(model: keras.Model, spec: CompileSpec) -> None:
     model.compile(optimizer=spec.optimizer.build(), loss=spec.loss, metrics=spec.build_metrics())
 
 
-def encode_labels(y: np.ndarray[Any, Any], spec: CompileSpec, num_classes: int) -> np.ndarray[Any, Any]:
+def labels_for_loss(y: np.ndarray[Any, Any], spec: CompileSpec, num_classes: int) -> np.ndarray[Any, Any]:
     """Integer class labels as the loss expects them: integers, 0/1 floats or one-hot rows."""
     if spec.label_encoding == "sparse":
         return y.astype(np.int64)

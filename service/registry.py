@@ -17,6 +17,7 @@ from service.db import ModelRow
 
 # Versions fit in the databases' 64-bit integers with room to spare; a longer number cannot name one.
 _VERSION = "[0-9]{1,15}"
+VERSION_PATTERN = f"^{_VERSION}$"
 _VERSIONED = re.compile(rf"^(?P<name>.+)@(?P<version>{_VERSION})$")
 
 

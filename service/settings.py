@@ -2,18 +2,57 @@
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+
+# What a key may do: ``KEY`` everything, ``KEY:read`` read and predict only.
+SCOPES = ("", "read")
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    secret: bytes
+    read_only: bool
+
+    @property
+    def label(self) -> str:
+        """Names the key in logs and limits without revealing it."""
+        return "key-" + hashlib.sha256(self.secret).hexdigest()[:12]
+
+
+def parse_api_keys(text: str) -> list[ApiKey]:
+    """``KEY`` has full access, ``KEY:read`` may read and predict only; any other scope is an error, so that a
+    typo never turns a key meant to be limited into a full-access one. Errors never repeat a key."""
+    keys = []
+    for number, entry in enumerate((e.strip() for e in text.split(",")), start=1):
+        if not entry:
+            continue
+        secret, _, scope = entry.partition(":")
+        secret, scope = secret.strip(), scope.strip().lower()
+        if not secret:
+            raise ValueError(f"API key {number} is empty; write KEY or KEY:read")
+        if scope not in SCOPES:
+            raise ValueError(
+                f"API key {number} has the unknown scope {scope[:20]!r}; write KEY for full access or KEY:read"
+            )
+        keys.append(ApiKey(secret.encode(), read_only=scope == "read"))
+    return keys
 
 
 class Settings(BaseSettings):
     """Every knob of the service. Each field is the environment variable ``TRAINSERVE_<NAME>``."""
 
-    model_config = SettingsConfigDict(env_prefix="TRAINSERVE_", extra="ignore")
+    # Errors never repeat a value: TRAINSERVE_API_KEYS holds secrets.
+    model_config = SettingsConfigDict(env_prefix="TRAINSERVE_", extra="ignore", hide_input_in_errors=True)
 
     home: Path = Field(
         default=Path("trainserve-data"),
@@ -38,13 +77,39 @@ class Settings(BaseSettings):
         "Default `home/datasets`.",
     )
     max_upload_bytes: int = Field(
-        default=1024**3, ge=1, description="Largest dataset file POST /datasets accepts (413 beyond)."
+        default=GIB, ge=1, description="Largest dataset file POST /datasets accepts (413 beyond)."
     )
     max_dataset_bytes: int = Field(
-        default=2 * 1024**3,
+        default=GIB,
         ge=1,
-        description="Largest dataset an upload may decode to, as float32 arrays (images and compressed .npz "
-        "members grow when decoded).",
+        description="Largest dataset an upload may become: its stored arrays (image pixels as bytes, other "
+        "inputs as float32), counted before anything is decoded (413 beyond).",
+    )
+    dataset_quota_bytes: int = Field(
+        default=20 * GIB, ge=1, description="Bytes all stored datasets may take together (413 beyond)."
+    )
+    max_dataset_files: int = Field(
+        default=100_000, ge=1, description="Most files a .zip upload may hold (images, or .npz arrays)."
+    )
+    max_image_pixels: int = Field(
+        default=40_000_000, ge=1, description="Largest image in a .zip upload, in pixels before resizing."
+    )
+    max_decoded_pixels: int = Field(
+        default=1_000_000_000,
+        ge=1,
+        description="Pixels the images of one .zip upload may have together before resizing: what decoding costs.",
+    )
+    max_label_length: int = Field(default=256, ge=1, description="Longest class name (label) in an upload.")
+    max_classes: int = Field(default=10_000, ge=2, description="Most classes a dataset may have.")
+    max_csv_columns: int = Field(default=100_000, ge=2, description="Most columns a .csv upload may have.")
+    ingest_time_limit: float = Field(
+        default=300.0, gt=0, description="Seconds the API may spend reading one uploaded file into a dataset."
+    )
+    max_concurrent_ingests: int = Field(
+        default=1,
+        ge=1,
+        description="Uploads read into datasets at once, each in its own thread apart from the request threads; "
+        "others wait for a turn (503 after a minute).",
     )
     keras_cache: Path | None = Field(
         default=None,
@@ -86,6 +151,21 @@ class Settings(BaseSettings):
     max_predict_instances: int = Field(
         default=10_000, ge=1, description="Most instances one predict request may carry (413 beyond)."
     )
+    max_activation_bytes: int = Field(
+        default=GIB,
+        ge=MIB,
+        description="Memory the layer outputs of one model call may take (float32, estimated from the shapes): "
+        "a training batch must fit (422 at submit), and predictions run in chunks that do.",
+    )
+    max_training_data_bytes: int = Field(
+        default=8 * GIB,
+        ge=MIB,
+        description="Memory a job's arrays may take in the worker: float32 inputs and labels as its loss "
+        "expects them (one-hot rows for categorical losses); 422 at submit beyond.",
+    )
+    max_response_bytes: int = Field(
+        default=64 * MIB, ge=MIB, description="Largest answer built from stored data, e.g. dataset samples (422)."
+    )
     log_level: str = Field(default="INFO", description="Log level of the API and the worker.")
     log_format: Literal["text", "json"] = Field(
         default="text", description="`json`: one JSON object per log line, with `job_id` while a job trains."
@@ -98,6 +178,15 @@ class Settings(BaseSettings):
     )
     sse_heartbeat: float = Field(
         default=15.0, gt=0, description="Seconds between keep-alive comments on an idle event stream."
+    )
+    max_event_streams: int = Field(default=1000, ge=1, description="Event streams open at once, in all (429).")
+    max_event_streams_per_client: int = Field(
+        default=20, ge=1, description="Event streams one API key (or, without keys, one address) may hold open (429)."
+    )
+    event_stream_max_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="An event stream ends after this long (clients reconnect with Last-Event-ID and go on).",
     )
 
     # Recovery
@@ -113,10 +202,25 @@ class Settings(BaseSettings):
     reconcile_interval: float = Field(
         default=10.0, gt=0, description="Seconds between a worker's checks for orphaned jobs and lost messages."
     )
+    worker_max_memory_bytes: int = Field(
+        default=4 * GIB,
+        ge=64 * MIB,
+        description="A training process whose resident memory has passed this after a job is replaced by a fresh "
+        "one before the next job (never during one).",
+    )
 
     # Limits
     max_request_bytes: int = Field(
-        default=128 * 1024 * 1024, ge=1024, description="Largest request body (413 beyond), uploads aside."
+        default=128 * MIB, ge=1024, description="Largest request body (413 beyond), uploads aside."
+    )
+    max_inflight_bytes: int = Field(
+        default=512 * MIB,
+        ge=1024,
+        description="Bytes of request bodies all requests being received may hold together, uploads aside "
+        "(which stream to disk); 503 with Retry-After beyond.",
+    )
+    body_timeout: float = Field(
+        default=30.0, gt=0, description="Longest wait for the next piece of a request body (408 beyond)."
     )
     max_model_params: int = Field(default=50_000_000, ge=1, description="Largest model, in parameters.")
     max_epochs: int = Field(default=1000, ge=1, description="Most epochs one job may ask for.")
@@ -126,8 +230,19 @@ class Settings(BaseSettings):
     api_keys: str = Field(
         default="",
         description="Comma-separated API keys; when set, every endpoint but health and docs needs "
-        "`Authorization: Bearer KEY`. A key written `KEY:read` may only read and predict.",
+        "`Authorization: Bearer KEY`. A key written `KEY:read` may only read and predict; any other scope "
+        "stops the service from starting.",
     )
+
+    @field_validator("api_keys")
+    @classmethod
+    def _known_scopes(cls, value: str) -> str:
+        parse_api_keys(value)
+        return value
+
+    @property
+    def keys(self) -> list[ApiKey]:
+        return parse_api_keys(self.api_keys)
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:

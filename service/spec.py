@@ -9,7 +9,8 @@ reaches Keras' ``from_config``/``deserialize``. Keras is imported inside ``build
 from __future__ import annotations
 
 import difflib
-from typing import Annotated, Any, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -18,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    WithJsonSchema,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -105,6 +107,9 @@ def unknown_name_error(kind: str, value: str, known: tuple[str, ...] | list[str]
 
 
 def _one_of(kind: str, known: tuple[str, ...]) -> AfterValidator:
+    """Refuses a string not in ``known`` with a suggestion (``did you mean``) rather than Pydantic's list of every
+    literal; ``_enum`` declares the same choices in the schema."""
+
     def check(value: str) -> str:
         if value not in known:
             raise unknown_name_error(kind, value, known)
@@ -113,22 +118,40 @@ def _one_of(kind: str, known: tuple[str, ...]) -> AfterValidator:
     return AfterValidator(check)
 
 
+def _enum(known: tuple[str, ...]) -> WithJsonSchema:
+    return WithJsonSchema({"type": "string", "enum": list(known)})
+
+
+def _plain_text(value: str) -> str:
+    """Names are shown in terminals and tables and stored in every database: no NUL or other control characters."""
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value):
+        raise PydanticCustomError("invalid_name", "names may not hold control characters (such as NUL or newlines)")
+    return value
+
+
 def _keras_name(value: str) -> str:
     if "/" in value:
         raise PydanticCustomError("invalid_name", "names may be any text except '/', which Keras reserves")
-    return value
+    return _plain_text(value)
 
 
 Activation = Annotated[
     str,
     _one_of("activation", ACTIVATIONS),
+    _enum(ACTIVATIONS),
     Field(description="A Keras activation name such as 'relu', 'sigmoid' or 'softmax'.", examples=["relu"]),
 ]
 Name = Annotated[
     str,
     StringConstraints(min_length=1, max_length=200),
     AfterValidator(_keras_name),
-    Field(description="Any Unicode text except '/'.", examples=["hidden"]),
+    Field(description="Any Unicode text except '/' and control characters.", examples=["hidden"]),
+]
+JobName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=200),
+    AfterValidator(_plain_text),
+    Field(description="Any Unicode text but control characters.", examples=["digits relu + adam"]),
 ]
 PositiveInt = Annotated[int, Field(ge=1)]
 Pair = PositiveInt | Annotated[list[PositiveInt], Field(min_length=2, max_length=2)]
@@ -139,7 +162,10 @@ def _pair(value: int | list[int]) -> int | tuple[int, int]:
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Every part of a request: unknown fields are refused, and values must have the type the schema says (no 0
+    for false, no "5" for 5), so that the OpenAPI document is exactly what the service accepts."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 # --- layers -----------------------------------------------------------------------------------------------------
@@ -438,6 +464,23 @@ OPTIMIZER_TYPES: tuple[type[OptimizerSpec], ...] = (
 )
 
 
+OPTIMIZER_NAMES: tuple[str, ...] = tuple(get_args(cls.model_fields["type"].annotation)[0] for cls in OPTIMIZER_TYPES)
+
+
+def _or_a_name(names: tuple[str, ...]) -> Callable[[dict[str, Any]], None]:
+    """A field that also takes one of ``names`` on its own (``"adam"`` for ``{"type": "adam"}``, ``"accuracy"``
+    for ``["accuracy"]``): the schema says so."""
+
+    def extend(schema: dict[str, Any]) -> None:
+        keep: dict[str, Any] = {key: schema.pop(key) for key in ("title", "description", "default") if key in schema}
+        alternative = dict(schema)
+        schema.clear()
+        schema.update(keep)
+        schema["anyOf"] = [{"type": "string", "enum": list(names)}, alternative]
+
+    return extend
+
+
 def _optimizer_from_name(value: Any) -> Any:
     """``"adam"`` is shorthand for ``{"type": "adam"}`` with Keras' default options."""
     return {"type": value} if isinstance(value, str) else value
@@ -474,14 +517,21 @@ def _metrics_list(value: Any) -> Any:
 class CompileSpec(Strict):
     optimizer: Optimizer = Field(
         description="An optimizer name ('sgd', 'adagrad', 'rmsprop', 'adam', …) or an object with its options, "
-        "e.g. {'type': 'sgd', 'momentum': 0.9, 'nesterov': true}."
+        "e.g. {'type': 'sgd', 'momentum': 0.9, 'nesterov': true}.",
+        json_schema_extra=_or_a_name(OPTIMIZER_NAMES),
     )
-    loss: Annotated[str, _one_of("loss", LOSSES)] = Field(
+    loss: Annotated[str, _one_of("loss", LOSSES), _enum(LOSSES)] = Field(
         default="sparse_categorical_crossentropy", description="Loss name; decides how labels are encoded."
     )
     metrics: Annotated[
-        list[Annotated[str, _one_of("metric", METRICS)]], BeforeValidator(_metrics_list), Field(max_length=10)
-    ] = Field(default_factory=lambda: ["accuracy"], description="A metric name or a list of them.")
+        list[Annotated[str, _one_of("metric", METRICS), _enum(METRICS)]],
+        BeforeValidator(_metrics_list),
+        Field(max_length=10),
+    ] = Field(
+        default_factory=lambda: ["accuracy"],
+        description="A metric name or a list of them.",
+        json_schema_extra=_or_a_name(METRICS),
+    )
 
     def build_metrics(self) -> list[Any]:
         from keras import metrics
@@ -497,8 +547,19 @@ class CompileSpec(Strict):
         return "one_hot"
 
 
+def exactly_one_of(first: str, second: str) -> dict[str, Any]:
+    """JSON Schema for "one of the two fields is given (and not null), not both", as the service decides it."""
+
+    def given(*names: str) -> dict[str, Any]:
+        return {"required": list(names), "properties": {name: {"not": {"type": "null"}} for name in names}}
+
+    return {"anyOf": [given(first), given(second)], "not": given(first, second)}
+
+
 class DatasetSpec(Strict):
-    name: Annotated[str, _one_of("dataset", tuple(BUILTIN_DATASETS))] | None = Field(
+    model_config = ConfigDict(json_schema_extra=exactly_one_of("name", "id"))
+
+    name: Annotated[str, _one_of("dataset", tuple(BUILTIN_DATASETS)), _enum(tuple(BUILTIN_DATASETS))] | None = Field(
         default=None,
         description="A built-in dataset: digits, iris, wine, breast_cancer, mnist, fashion_mnist, cifar10.",
     )
@@ -537,9 +598,7 @@ class FitSpec(Strict):
 
 
 class TrainRequest(Strict):
-    name: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = Field(
-        default=None, description="A name for the job and its model."
-    )
+    name: JobName | None = Field(default=None, description="A name for the job and its model.")
     model: ModelSpec
     compile: CompileSpec
     dataset: DatasetSpec

@@ -1,8 +1,9 @@
 """Uploaded datasets: one normalised ``<dataset_id>.npz`` per dataset in the dataset store, and its record.
 
-The file holds float32 ``x_train`` (and ``x_test``) and int64 class numbers ``y_train`` (and ``y_test``); the
-database row holds everything said about it (shapes, classes, counts, statistics, the upload's sha256). The API
-writes it once, atomically; workers on any host read it from the same directory, as they read the model store.
+The file holds ``x_train`` (and ``x_test``), uint8 image pixels or bytes as uploaded and float32 otherwise, and
+int64 class numbers ``y_train`` (and ``y_test``); the database row holds everything said about it (shapes, classes,
+counts, statistics, the upload's sha256). The API writes it once, atomically; workers on any host read it from the
+same directory, as they read the model store.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.dataset_files import Kind, ParsedDataset, UploadOptions, parse, row_blocks
+from service.dataset_files import IngestLimits, Kind, ParsedDataset, UploadOptions, parse, row_blocks
 from service.datasets import BUILTIN_DATASETS, DatasetInfo, DatasetUnavailableError, LoadedDataset, load_builtin
 from service.db import DatasetRow, JobRow, JobStatus, new_id, session_scope
 from service.settings import Settings
@@ -73,10 +74,11 @@ def ingest(
     key = content_key(sha256, kind, options)
     with session_scope(settings.database_url) as session:
         existing = session.scalar(select(DatasetRow).where(DatasetRow.content_key == key))
+        used = stored_bytes(session=session)
     if existing is not None:
         return existing, False
 
-    parsed = parse(upload, kind, options, settings.max_dataset_bytes)
+    parsed = parse(upload, kind, options, ingest_limits(settings, quota_left=settings.dataset_quota_bytes - used))
     store = settings.datasets_dir
     store.mkdir(parents=True, exist_ok=True)
     dataset_id = new_id()
@@ -108,7 +110,7 @@ def ingest(
                 "train": len(parsed.x_train),
                 **({"test": len(parsed.x_test)} if parsed.x_test is not None else {}),
             },
-            stats=_stats(parsed.x_train),
+            stats={**_stats(parsed.x_train), "dtype": str(parsed.x_train.dtype)},
             path=final.name,
             file_sha256=file_sha256,
             size_bytes=final.stat().st_size,
@@ -130,6 +132,25 @@ def ingest(
     finally:
         temp.unlink(missing_ok=True)
     return row, True
+
+
+def ingest_limits(settings: Settings, quota_left: int | None = None) -> IngestLimits:
+    return IngestLimits(
+        max_stored_bytes=settings.max_dataset_bytes,
+        max_files=settings.max_dataset_files,
+        max_image_pixels=settings.max_image_pixels,
+        max_decoded_pixels=settings.max_decoded_pixels,
+        max_label_length=settings.max_label_length,
+        max_classes=settings.max_classes,
+        max_csv_columns=settings.max_csv_columns,
+        seconds=settings.ingest_time_limit,
+        quota_left=quota_left,
+    )
+
+
+def stored_bytes(*, session: Session) -> int:
+    """What the stored datasets take together, as recorded."""
+    return int(session.scalar(select(func.coalesce(func.sum(DatasetRow.size_bytes), 0))) or 0)
 
 
 def _class_counts(parsed: ParsedDataset) -> list[int]:
@@ -188,6 +209,7 @@ def info_of(row: DatasetRow) -> DatasetInfo:
         num_classes=row.num_classes,
         class_names=tuple(row.class_names) if row.class_names else None,
         description=f"uploaded from {row.filename!r}",
+        rows=sum(int(count) for count in row.splits.values()),
     )
 
 

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import pytest
 from fastapi.testclient import TestClient
 
@@ -19,6 +20,28 @@ from service.embedded import free_port, start_redis, start_worker, stop_process
 from service.settings import Settings
 
 FINISHED = {"succeeded", "failed", "cancelled"}
+
+# The fuzz suites: 300 examples per parser in the normal run, ten thousand with --long-fuzz.
+hypothesis.settings.register_profile("trainserve", max_examples=300)
+hypothesis.settings.register_profile("long", max_examples=10_000)
+hypothesis.settings.load_profile("trainserve")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--long-fuzz",
+        action="store_true",
+        help="Run the fuzz suites (tests/test_fuzz.py, tests/test_schema_fuzz.py) some thirty times longer.",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--long-fuzz"):
+        hypothesis.settings.load_profile("long")
+
+
+def long_fuzz(config: pytest.Config) -> bool:
+    return bool(config.getoption("--long-fuzz"))
 
 
 @pytest.fixture(scope="session")

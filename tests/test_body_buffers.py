@@ -65,8 +65,27 @@ def test_the_pool_keeps_a_few_buffers_of_bounded_size() -> None:
     assert buffers.reused == 1
 
 
-def test_a_chunked_body_is_read_as_bytes() -> None:
+def test_a_chunked_body_grows_a_buffer_of_its_own() -> None:
     buffers = BodyBuffers(min_bytes=100 * KB)
     body = read(buffers, b"c" * 300_000, content_length=False)
-    assert body.buffer is None
     assert body.data == b"c" * 300_000
+    buffers.release(body)
+    assert buffers.kept == [300_000], "a buffer that grew may serve the next large body"
+
+
+def test_memory_follows_what_arrives_not_what_is_declared() -> None:
+    """A body that declares 100 MB and sends 300 KB takes 300 KB: no buffer is sized from Content-Length."""
+    buffers = BodyBuffers(min_bytes=100 * KB)
+    pieces = [b"d" * (150 * KB), b"d" * (150 * KB)]
+
+    async def receive() -> Message:
+        piece = pieces.pop(0)
+        return {"type": "http.request", "body": piece, "more_body": bool(pieces)}
+
+    declared = Request(
+        {"type": "http", "method": "POST", "path": "/", "headers": [(b"content-length", b"100000000")]}, receive
+    )
+    body = asyncio.run(buffers.read(declared))
+    assert body.buffer is not None
+    assert len(body.buffer) == 300 * KB
+    assert bytes(body.data) == b"d" * (300 * KB)

@@ -89,7 +89,7 @@ def test_limit_on_request_body(limited: TestClient) -> None:
     body["name"] = "x" * 30_000
     error = error_of(limited.post("/train", json=body), 413)
     assert error["type"] == "payload_too_large"
-    assert "larger than 20000 bytes" in error["message"]
+    assert "larger than 20,000 bytes" in error["message"]
     assert "TRAINSERVE_MAX_REQUEST_BYTES" in error["message"]
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: the limit applies while the body streams in

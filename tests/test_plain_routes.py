@@ -158,5 +158,5 @@ def test_both_lanes_begin_with_the_same_layers(settings: Settings) -> None:
     assert isinstance(lanes, _Lanes)
     full = layers(lanes.full, stop=ExceptionMiddleware)
     assert full[0] == "ServerErrorMiddleware"
-    assert {"MetricsMiddleware", "ApiKeyMiddleware", "BodyLimitMiddleware"} <= set(full)
+    assert {"MetricsMiddleware", "ApiKeyMiddleware", "BodyGuard"} <= set(full)
     assert layers(lanes.lean) == full

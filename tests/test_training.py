@@ -279,18 +279,23 @@ def test_health_and_readiness(client: TestClient, settings: Settings) -> None:
     from service.api.app import create_app
     from service.embedded import free_port
 
-    broken = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    broken = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0", "api_keys": "k3y"})
+    key = {"Authorization": "Bearer k3y"}
     with TestClient(create_app(broken)) as other:
         response = other.get("/readyz")
         assert response.status_code == 503
-        assert response.json()["checks"]["broker"].startswith("unreachable")
-        assert response.json()["checks"]["database"] == "ok"
+        # Why (the broker's address, a database's user) is told only with a key; without one, only what is down.
+        assert response.json()["checks"] == {"database": "ok", "broker": "unavailable"}
+        detailed = other.get("/readyz", headers=key)
+        assert detailed.status_code == 503
+        assert detailed.json()["checks"]["broker"].startswith("unreachable: ")
+        assert detailed.json()["checks"]["database"] == "ok"
         # Nothing half-written: a job that cannot be queued is not kept.
-        before = other.get("/jobs").json()["count"]
-        queued = other.post("/train", json=chapter_request())
+        before = other.get("/jobs", headers=key).json()["count"]
+        queued = other.post("/train", json=chapter_request(), headers=key)
         assert queued.status_code == 503
         assert queued.json()["error"]["type"] == "broker_unavailable"
-        assert other.get("/jobs").json()["count"] == before
+        assert other.get("/jobs", headers=key).json()["count"] == before
 
 
 def test_tensorflow_is_loaded_in_pool_children_only(worker: WorkerProcess, client: TestClient) -> None:

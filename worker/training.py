@@ -23,7 +23,14 @@ from sklearn.model_selection import train_test_split
 from service import jobs
 from service.datasets import DatasetUnavailableError, LoadedDataset
 from service.db import ModelRow, new_id, session_scope
-from service.keras_build import build_model, compile_model, encode_labels, runnable_copy, summarize
+from service.keras_build import (
+    build_model,
+    compile_model,
+    labels_for_loss,
+    runnable_copy,
+    summarize,
+    training_data_bytes,
+)
 from service.logs import job_context
 from service.settings import Settings
 from service.spec import TrainRequest
@@ -59,10 +66,27 @@ def prepare(request: TrainRequest, data: LoadedDataset, num_classes: int) -> Spl
     encode = request.compile
     return Splits(
         x,
-        encode_labels(y, encode, num_classes),
+        labels_for_loss(y, encode, num_classes),
         x_test,
-        None if y_test is None else encode_labels(y_test, encode, num_classes),
+        None if y_test is None else labels_for_loss(y_test, encode, num_classes),
     )
+
+
+class TrainingDataTooLargeError(Exception):
+    """The job's arrays would take more memory than a job may (a dataset that grew since it was checked)."""
+
+
+def check_training_data(request: TrainRequest, data: LoadedDataset, num_classes: int, limit: int) -> None:
+    """Count what preparing the arrays will allocate before doing it, as the API did at submit."""
+    rows = len(data.x_train) + (0 if data.x_test is None else len(data.x_test))
+    inputs, labels = training_data_bytes(
+        rows=rows, input_shape=data.x_train.shape[1:], compile_spec=request.compile, num_classes=num_classes
+    )
+    if inputs + labels > limit:
+        raise TrainingDataTooLargeError(
+            f"the job's arrays would take {inputs + labels:,} bytes (inputs {inputs:,}, labels {labels:,}); "
+            f"a job may take {limit:,} (TRAINSERVE_MAX_TRAINING_DATA_BYTES)"
+        )
 
 
 def _finite(logs: dict[str, Any] | None) -> dict[str, float | None]:
@@ -74,12 +98,11 @@ def _finite(logs: dict[str, Any] | None) -> dict[str, float | None]:
 
 
 class EpochReporter(keras.callbacks.Callback):  # type: ignore[misc]
-    """Writes each finished epoch (loss, metrics, val_*) to the job's record."""
+    """Writes each finished epoch (loss, metrics, val_*) to the job's record, while the job is this run's."""
 
-    def __init__(self, job_id: str, database_url: str) -> None:
+    def __init__(self, run: JobRun) -> None:
         super().__init__()
-        self.job_id = job_id
-        self.database_url = database_url
+        self.run = run
         self.started = time.monotonic()
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -87,10 +110,19 @@ class EpochReporter(keras.callbacks.Callback):  # type: ignore[misc]
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         seconds = time.monotonic() - self.started
-        with session_scope(self.database_url) as session:
-            jobs.record_epoch(
-                session=session, job_id=self.job_id, epoch=epoch + 1, metrics=_finite(logs), seconds=seconds
+        run = self.run
+        with session_scope(run.settings.database_url) as session:
+            recorded = jobs.record_epoch(
+                session=session,
+                job_id=run.job_id,
+                worker_id=run.worker_id,
+                attempt=run.attempt,
+                epoch=epoch + 1,
+                metrics=_finite(logs),
+                seconds=seconds,
             )
+        if not recorded:
+            run.request_stop("lost")
 
 
 class JobStoppedError(Exception):
@@ -110,6 +142,7 @@ class JobRun:
         self.job_id = job_id
         self.settings = settings
         self.worker_id = worker_identity()
+        self.attempt = 0  # set when the job is claimed
         self.deadline = time.monotonic() + settings.job_time_limit
         self.stop_reason: str | None = None
         self.model: Any = None
@@ -148,6 +181,7 @@ class JobRun:
                         session=session,
                         job_id=self.job_id,
                         worker_id=self.worker_id,
+                        attempt=self.attempt,
                         lease_seconds=self.settings.lease_seconds,
                     )
             except Exception:
@@ -227,8 +261,8 @@ def _run_job(job_id: str, settings: Settings) -> str:
             log.warning("job %s not started (%s, status %s)", job_id, claim.value, status)
             return str(status)
         request = TrainRequest.model_validate(job.spec)
-        attempt = job.attempts
-    log.info("job %s: attempt %d started in %s", job_id, attempt, run.worker_id)
+        run.attempt = job.attempts
+    log.info("job %s: attempt %d started in %s", job_id, run.attempt, run.worker_id)
     run.start()
     try:
         return _train(run, request)
@@ -238,6 +272,8 @@ def _run_job(job_id: str, settings: Settings) -> str:
         return _stopped(run, "timeout")
     except DatasetUnavailableError as exc:
         return _fail(run, "DatasetUnavailable", str(exc))
+    except TrainingDataTooLargeError as exc:
+        return _fail(run, "TrainingDataTooLarge", str(exc))
     except Exception as exc:
         log.exception("job %s failed", job_id)
         return _fail(run, type(exc).__name__, str(exc) or repr(exc))
@@ -249,7 +285,7 @@ def _run_job(job_id: str, settings: Settings) -> str:
 def _stopped(run: JobRun, reason: str) -> str:
     if reason == "cancelled":
         with session_scope(run.settings.database_url) as session:
-            jobs.finish_cancelled(session=session, job_id=run.job_id, worker_id=run.worker_id)
+            jobs.finish_cancelled(session=session, job_id=run.job_id, worker_id=run.worker_id, attempt=run.attempt)
         log.info("job %s cancelled", run.job_id)
         return "cancelled"
     if reason == "timeout":
@@ -262,7 +298,12 @@ def _stopped(run: JobRun, reason: str) -> str:
 def _fail(run: JobRun, error_type: str, message: str) -> str:
     with session_scope(run.settings.database_url) as session:
         jobs.fail_job(
-            session=session, job_id=run.job_id, worker_id=run.worker_id, error_type=error_type, message=message
+            session=session,
+            job_id=run.job_id,
+            worker_id=run.worker_id,
+            attempt=run.attempt,
+            error_type=error_type,
+            message=message,
         )
     log.info("job %s failed: %s: %s", run.job_id, error_type, message)
     return "failed"
@@ -276,6 +317,7 @@ def _train(run: JobRun, request: TrainRequest) -> str:
     if request.fit.seed is not None:
         keras.utils.set_random_seed(request.fit.seed)
     info, data = load_training_data(request.dataset, settings)
+    check_training_data(request, data, info.num_classes, settings.max_training_data_bytes)
     splits = prepare(request, data, info.num_classes)
     run.check()
 
@@ -290,7 +332,7 @@ def _train(run: JobRun, request: TrainRequest) -> str:
         batch_size=request.fit.batch_size,
         validation_split=request.fit.validation_split,
         shuffle=request.fit.shuffle,
-        callbacks=[JobGuard(run), EpochReporter(job_id, settings.database_url)],
+        callbacks=[JobGuard(run), EpochReporter(run)],
         verbose=0,
     )
     run.check()
@@ -325,7 +367,12 @@ def _train(run: JobRun, request: TrainRequest) -> str:
         )
         with session_scope(settings.database_url) as session:
             published = jobs.complete_job(
-                session=session, job_id=job_id, worker_id=run.worker_id, model=row, evaluation=evaluation
+                session=session,
+                job_id=job_id,
+                worker_id=run.worker_id,
+                attempt=run.attempt,
+                model=row,
+                evaluation=evaluation,
             )
     except BaseException:
         final.unlink(missing_ok=True)
@@ -335,7 +382,9 @@ def _train(run: JobRun, request: TrainRequest) -> str:
     if not published:
         # Cancelled while saving, or no longer this worker's job: keep no model for it.
         final.unlink(missing_ok=True)
-        log.warning("job %s: model discarded, the job was cancelled or taken over meanwhile", job_id)
-        return _stopped(run, run.stop_reason or "cancelled")  # if it is still ours, it was cancelled
+        with session_scope(settings.database_url) as session:
+            ours = jobs.still_holds(session=session, job_id=job_id, worker_id=run.worker_id, attempt=run.attempt)
+        log.warning("job %s: model discarded, the job was %s meanwhile", job_id, "cancelled" if ours else "taken over")
+        return _stopped(run, "cancelled" if ours else "lost")
     log.info("job %s succeeded: model %s", job_id, model_id)
     return "succeeded"

@@ -5,16 +5,20 @@ from __future__ import annotations
 import gc
 import importlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute, APIRouter
+from starlette.routing import BaseRoute
 
 from service.api import errors
-from service.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, parse_api_keys
+from service.api.job_watch import JobWatch
+from service.api.middleware import ApiKeyMiddleware, BodyGuard, InflightBudget
+from service.api.multipart import FORM_OVERHEAD_BYTES
 from service.api.observability import Metrics, MetricsMiddleware
 from service.api.plain_routes import TrainServeAPI, serve_plainly
 from service.api.predictor import Serving
@@ -34,6 +38,7 @@ from service.api.routers import (
 )
 from service.db import get_engine
 from service.settings import Settings, get_settings
+from service.spec import TrainRequest
 from worker.celery_app import make_celery
 
 log = logging.getLogger(__name__)
@@ -61,7 +66,16 @@ def create_app(settings: Settings | None = None) -> TrainServeAPI:
         settings.store_dir.mkdir(parents=True, exist_ok=True)
         if not settings.redis_url:
             log.warning("TRAINSERVE_REDIS_URL is not set: jobs cannot be queued")
-        yield
+        app.state.ingests = datasets.Ingests(settings.max_concurrent_ingests)
+        app.state.job_watch = JobWatch(
+            settings.database_url,
+            max_streams=settings.max_event_streams,
+            max_per_client=settings.max_event_streams_per_client,
+        )
+        try:
+            yield
+        finally:
+            app.state.ingests.close()
 
     app = TrainServeAPI(
         title="TrainServe",
@@ -78,25 +92,54 @@ def create_app(settings: Settings | None = None) -> TrainServeAPI:
     app.state.celery = make_celery(settings)
     app.state.serving = Serving(settings)
     errors.install(app)
+    routers = [
+        module.router
+        for module in (predict, tfserving, v2, train, jobs, job_events, models, datasets, examples, health, metrics)
+    ]
+    routers.append(dashboard.router)  # `/` and the dashboard's files
+    for router in routers:
+        app.include_router(router)
+    # Every route, as the router sees them (FastAPI's documentation pages, then ours): for the `Allow` of a 405.
+    app.state.routes = [*app.routes, *(route for router in routers for route in router.routes)]
+    predictions: list[Callable[..., Any]] = [
+        predict.predict,
+        tfserving.predict,
+        tfserving.predict_version,
+        v2.infer,
+        v2.infer_version,
+    ]
     # Outermost last: the key is checked before the body is read.
     app.state.metrics = Metrics(settings, app.state.serving)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
-    keys = parse_api_keys(settings.api_keys)
-    if keys:  # an open service skips the layer altogether
-        app.add_middleware(ApiKeyMiddleware, keys=keys)
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics.http)  # outermost: refusals count too
-    if keys:
-        _document_bearer_auth(app)
-    for module in (predict, tfserving, v2, train, jobs, job_events, models, datasets, examples, health, metrics):
-        app.include_router(module.router)
-    app.include_router(dashboard.router)  # `/` and the dashboard's files
-    # The prediction endpoints, the many small requests, are answered by plain routes ahead of all the others.
-    serve_plainly(
-        app,
-        [predict.router, tfserving.router, v2.router],
-        [predict.predict, tfserving.predict, tfserving.predict_version, v2.infer, v2.infer_version],
+    app.add_middleware(
+        BodyGuard,
+        max_bytes=settings.max_request_bytes,
+        uploads=routes_of(routers, [datasets.upload_dataset]),
+        upload_max_bytes=settings.max_upload_bytes + FORM_OVERHEAD_BYTES,
+        upload_file_bytes=settings.max_upload_bytes,
+        budget=InflightBudget(settings.max_inflight_bytes),
+        timeout=settings.body_timeout,
     )
+    if settings.keys:  # an open service skips the layer altogether
+        app.add_middleware(ApiKeyMiddleware, keys=settings.keys, predictions=routes_of(routers, predictions))
+    _openapi(app, bearer=bool(settings.keys))
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics.http)  # outermost: refusals count too
+    # The prediction endpoints, the many small requests, are answered by plain routes ahead of all the others.
+    serve_plainly(app, [predict.router, tfserving.router, v2.router], predictions)
     return app
+
+
+def routes_of(routers: list[APIRouter], endpoints: list[Callable[..., Any]]) -> list[BaseRoute]:
+    """The routes that call these endpoints."""
+    wanted = set(endpoints)
+    found = [
+        route
+        for router in routers
+        for route in router.routes
+        if isinstance(route, APIRoute) and route.endpoint in wanted
+    ]
+    if len(found) != len(wanted):
+        raise ValueError("every endpoint named must be a route of the app")
+    return list(found)
 
 
 _heap_settled = False
@@ -118,14 +161,21 @@ def _settle_heap() -> None:
         _heap_settled = True
 
 
-def _document_bearer_auth(app: FastAPI) -> None:
-    """Show the API-key requirement in /docs (with an Authorize button)."""
+def _openapi(app: FastAPI, *, bearer: bool) -> None:
+    """The OpenAPI document: FastAPI's, with the models of the bodies routes read themselves (POST /train's
+    TrainRequest) among its components, and the API-key requirement (with an Authorize button in /docs)."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            schema.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
-            schema["security"] = [{"bearer": []}]
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            body = TrainRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            for name, definition in body.pop("$defs", {}).items():
+                components.setdefault(name, definition)
+            components["TrainRequest"] = body
+            if bearer:
+                schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+                schema["security"] = [{"bearer": []}]
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -1,9 +1,13 @@
-"""Receive buffers kept between requests, for large binary prediction bodies.
+"""Prediction bodies received as they arrive, into buffers kept between requests when they are large.
 
 A 31 MB ``.npy`` body read the usual way ends as a new 31 MB ``bytes`` each time, and the kernel hands a fresh
 allocation that size over one zeroed page at a time: for such a body the page faults cost more than the copying.
 A buffer that has served one large body has its pages already, so the next one is received into it at the speed
 of a memory copy.
+
+Memory follows what the client sends, never what it declares: a body goes into a kept buffer only if one is free
+and large enough already, and otherwise into a buffer that grows as the bytes arrive. (How many bytes all bodies
+in flight may hold together is the body guard's budget, in ``middleware``.)
 
 A buffer goes back to the pool only once its request is done with it (``release``): a request that fails or is
 cancelled while its instances may still wait for the model simply drops its buffer, which is freed once nothing
@@ -16,18 +20,21 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-# Bodies smaller than this are read the usual way: their pages are reused by the allocator anyway.
+# Bodies declared smaller than this are read the usual way: their pages are reused by the allocator anyway.
 MIN_BYTES = 256 * 1024
 # At most this many buffers are kept, each at most MAX_KEPT_BYTES.
 KEEP = 2
-MAX_KEPT_BYTES = 256 * 1024 * 1024
+MAX_KEPT_BYTES = 64 * 1024 * 1024
+
+
+BodyBytes = bytes | bytearray | memoryview
 
 
 @dataclass
 class Body:
     """A request body: ``data`` is valid until the buffer is released."""
 
-    data: memoryview | bytes
+    data: BodyBytes
     buffer: bytearray | None = None
 
 
@@ -40,28 +47,33 @@ class BodyBuffers:
         self.reused = 0
 
     async def read(self, request: Request) -> Body:
-        """The whole body; a large one with a Content-Length is received into a kept buffer."""
+        """The whole body, received as it arrives."""
         length_header = request.headers.get("content-length", "")
-        length = int(length_header) if length_header.isdigit() else -1
-        if length < self.min_bytes:
+        length = int(length_header) if length_header.isdigit() else None
+        if length is not None and length < self.min_bytes:
             return Body(await request.body())
-        buffer = self._take(length)
-        view = memoryview(buffer)
+        kept = self._take(length) if length is not None else None
+        if kept is None:
+            grown = bytearray()
+            async for chunk in request.stream():
+                grown += chunk
+            return Body(grown, grown)
+        view = memoryview(kept)
         received = 0
         async for chunk in request.stream():
             end = received + len(chunk)
-            if end > length:  # the server frames bodies by Content-Length; this cannot happen over HTTP/1.1
+            if end > len(kept):  # more than declared: HTTP/1.1 framing forbids it, but never write past the end
                 raise ValueError("the body is longer than its Content-Length")
             view[received:end] = chunk
             received = end
-        return Body(view[:received], buffer)
+        return Body(view[:received], kept)
 
     def release(self, body: Body) -> None:
         """Give the body's buffer back: only once nothing will read ``body.data`` again."""
         buffer = body.buffer
-        if buffer is None or len(buffer) > self.max_kept_bytes:
-            return
         body.buffer = None
+        if buffer is None or len(buffer) > self.max_kept_bytes or len(buffer) < self.min_bytes:
+            return
         if len(self._free) < self.keep:
             self._free.append(buffer)
         else:  # keep the larger ones
@@ -74,9 +86,10 @@ class BodyBuffers:
         """The sizes of the buffers waiting for a body."""
         return [len(buffer) for buffer in self._free]
 
-    def _take(self, length: int) -> bytearray:
+    def _take(self, length: int) -> bytearray | None:
+        """A kept buffer that holds ``length`` bytes already, or None (the body then grows its own)."""
         fitting = [i for i, buffer in enumerate(self._free) if len(buffer) >= length]
-        if fitting:
-            self.reused += 1
-            return self._free.pop(min(fitting, key=lambda i: len(self._free[i])))
-        return bytearray(length)
+        if not fitting:
+            return None
+        self.reused += 1
+        return self._free.pop(min(fitting, key=lambda i: len(self._free[i])))

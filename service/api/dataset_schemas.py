@@ -30,7 +30,11 @@ class DatasetRead(BaseModel):
     )
     y_shape: list[int] | None
     input_shape: list[int] = Field(description="One sample: the model's input_shape.")
-    dtype: str = Field(default="float32", description="Inputs as stored and trained on.")
+    dtype: Literal["float32", "uint8"] = Field(
+        default="float32",
+        description="Inputs as stored: uint8 for image pixels (and uint8 arrays as uploaded), else float32. Jobs "
+        "train on float32, after their rescale.",
+    )
     num_classes: int = Field(description="Units of a softmax output layer.")
     class_names: list[str] | None
     class_counts: list[int] | None = Field(description="Samples per class, over every split.")
@@ -63,6 +67,7 @@ class DatasetRead(BaseModel):
             splits=row.splits,
             sha256=row.sha256,
             options=row.options,
+            dtype="uint8" if row.stats.get("dtype") == "uint8" else "float32",
             stats=DatasetStats.model_validate(row.stats),
             available_offline=True,
             description=f"uploaded from {row.filename!r}",
@@ -87,6 +92,7 @@ class DatasetRead(BaseModel):
             splits=overview.splits if overview else None,
             sha256=None,
             options=None,
+            dtype="uint8" if info.source == "keras" else "float32",
             stats=DatasetStats.model_validate(overview.stats) if overview else None,
             available_offline=is_available_offline(info, keras_cache),
             description=info.description,
@@ -102,7 +108,7 @@ class DatasetList(BaseModel):
 
 class DatasetSample(BaseModel):
     index: int = Field(description="Row in the split.")
-    x: list[Any] = Field(description="The inputs, as numbers in the dataset's units.")
+    x: list[Any] | None = Field(description="The inputs, as numbers in the dataset's units (null with values=false).")
     y: int = Field(description="The class number.")
     label: str | None = Field(description="The class name, when the dataset has them.")
     image: str | None = Field(default=None, description="Image datasets: the sample as a PNG data URL.")

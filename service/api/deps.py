@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from celery import Celery
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from sqlalchemy.orm import Session
 
 from service.api.predictor import Serving
@@ -36,6 +36,12 @@ def get_serving(request: Request) -> Serving:
     serving: Serving = request.app.state.serving
     return serving
 
+
+# Pages of a list: at most 500 items; an offset past any table this service keeps (and within every database's
+# integers) is refused rather than sent to the database.
+MAX_OFFSET = 1_000_000_000
+Limit = Annotated[int, Query(ge=1, le=500, description="How many, at most.")]
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="How many to skip, newest first.")]
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]

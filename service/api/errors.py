@@ -1,4 +1,11 @@
-"""One error shape for the whole API: ``{"error": {"type", "message", "errors": [{"path", "loc", "message"}]}}``."""
+"""Errors as each protocol writes them, in one place.
+
+The API's own shape, ``{"error": {"type", "message", "errors": [{"path", "loc", "message"}]}}``, everywhere but on
+TensorFlow Serving's ``/v1`` and the Open Inference Protocol's ``/v2``, which answer ``{"error": "..."}`` and use
+400 where this API uses 422 (as those servers do). Whatever raised it (a route, a body limit, the router), an error
+on a path is rendered in that path's protocol. Messages are cut short and problems capped: an error never grows
+with the input that caused it.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +13,15 @@ import difflib
 import logging
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.routing import Match, Route
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +40,68 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+Protocol = Literal["native", "tfserving", "v2"]
+
+# A message longer than this is cut; more problems than this are summed up in the last one.
+MAX_MESSAGE_CHARS = 1000
+MAX_PROBLEMS = 50
+
+HTTP_KINDS = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
+    503: "unavailable",
+}
+
+
+def protocol_of(path: str) -> Protocol:
+    """Which protocol's error format a path answers in."""
+    if path.startswith("/v1/"):
+        return "tfserving"
+    if path == "/v2" or path.startswith("/v2/"):
+        return "v2"
+    return "native"
+
+
+def short(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def error_response(
+    path: str,
+    status: int,
+    type: str,
+    message: str,
+    errors: Sequence[ErrorItem] = (),
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """An error in the format of the protocol ``path`` belongs to."""
+    protocol = protocol_of(path)
+    if protocol != "native":
+        content: Any = {"error": short(message)}
+        status = 400 if status == 422 else status
+    else:
+        items = [
+            ErrorItem(
+                path=short(e.path, 200),
+                loc=[short(part, 100) if isinstance(part, str) else part for part in e.loc[:20]],
+                message=short(e.message),
+            )
+            for e in errors[:MAX_PROBLEMS]
+        ]
+        if len(errors) > MAX_PROBLEMS:
+            items[-1] = ErrorItem(path="", loc=[], message=f"… and {len(errors) - MAX_PROBLEMS + 1} more problems")
+        body = ErrorResponse(error=ErrorBody(type=type, message=short(message), errors=items))
+        content = body.model_dump(mode="json")
+    return Response(orjson.dumps(content), status, headers=headers, media_type="application/json")
 
 
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -82,6 +153,19 @@ _TAG_LIST = re.compile(r"'([^']*)'")
 def _request_items(exc: RequestValidationError) -> list[ErrorItem]:
     body = getattr(exc, "body", None)
     return [_pydantic_item(err, body) for err in exc.errors()]
+
+
+def invalid_body(exc: ValidationError, body: Any) -> ApiError:
+    """A Pydantic error about a JSON body the route parsed itself, with paths that follow the user's JSON."""
+    return validation_error([_pydantic_item(dict(err), body) for err in exc.errors()])
+
+
+def parse_json_body(body: bytes | bytearray | memoryview) -> Any:
+    """The body as JSON, or a 422 that says why it is not (malformed, not UTF-8, too deeply nested)."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise validation_error([item(["body"], f"the body is not valid JSON: {exc}")]) from exc
 
 
 def _pydantic_item(err: dict[str, Any], body: Any) -> ErrorItem:
@@ -143,37 +227,34 @@ def _user_loc(raw: list[Any], body: Any) -> list[str | int]:
     return loc
 
 
+def allowed_methods(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.state.routes:
+        if isinstance(route, Route) and route.matches(request.scope)[0] is not Match.NONE:
+            methods |= route.methods or set()
+    return sorted(methods)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return _respond(exc.status_code, exc.type, exc.message, exc.errors, exc.headers)
+    async def _api_error(request: Request, exc: ApiError) -> Response:
+        return error_response(request.url.path, exc.status_code, exc.type, exc.message, exc.errors, exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid_request(request: Request, exc: RequestValidationError) -> Response:
         error = validation_error(_request_items(exc))
-        return _respond(error.status_code, error.type, error.message, error.errors)
+        return error_response(request.url.path, error.status_code, error.type, error.message, error.errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kinds = {
-            400: "bad_request",
-            401: "unauthorized",
-            403: "forbidden",
-            404: "not_found",
-            405: "method_not_allowed",
-            413: "payload_too_large",
-        }
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         headers = dict(exc.headers) if exc.headers else None
-        return _respond(exc.status_code, kinds.get(exc.status_code, "http_error"), str(exc.detail), [], headers)
+        if exc.status_code == 405:
+            # Every method the path takes, from every route on it: the router names only the first route's.
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
+        kind = HTTP_KINDS.get(exc.status_code, "http_error")
+        return error_response(request.url.path, exc.status_code, kind, str(exc.detail), [], headers)
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return _respond(500, "internal_error", "internal server error", [])
-
-
-def _respond(
-    status: int, type: str, message: str, errors: Sequence[ErrorItem], headers: dict[str, str] | None = None
-) -> JSONResponse:
-    body = ErrorResponse(error=ErrorBody(type=type, message=message, errors=list(errors)))
-    return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers)
+        return error_response(request.url.path, 500, "internal_error", "internal server error")

@@ -1,14 +1,21 @@
-"""Request-level guards: API keys and the request body limit. Pure ASGI, so they cover every route."""
+"""Request-level guards, pure ASGI so they cover every route: API keys, and what a request body may cost.
+
+Refusals are answered in the protocol of the path (``errors.error_response``): the API's own shape, or TF
+Serving's and the Open Inference Protocol's ``{"error": "..."}`` on ``/v1`` and ``/v2``.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.errors import ErrorBody, ErrorResponse
+from service.api.errors import error_response
+from service.settings import ApiKey
 
 # Reachable without a key: liveness, readiness and the API's own documentation.
 PUBLIC_PATHS = frozenset(
@@ -28,140 +35,216 @@ PUBLIC_PATHS = frozenset(
 PUBLIC_PREFIXES = ("/dashboard/",)
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
-
-@dataclass(frozen=True)
-class ApiKey:
-    secret: bytes
-    read_only: bool
-
-
-def parse_api_keys(text: str) -> list[ApiKey]:
-    """``KEY`` has full access, ``KEY:read`` may read and predict only."""
-    keys = []
-    for entry in text.split(","):
-        entry = entry.strip()
-        if not entry:
-            continue
-        secret, _, scope = entry.partition(":")
-        keys.append(ApiKey(secret.encode(), read_only=scope.strip().lower() == "read"))
-    return keys
+# Scope keys this service sets for the routes behind the guards.
+CLIENT = "trainserve.client"  # who asks: an API key's label, or the client's address on an open service
+AUTHENTICATED = "trainserve.authenticated"  # a valid key came with the request
 
 
 def _is_public(path: str) -> bool:
     return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
 
-def is_prediction(path: str) -> bool:
-    return path == "/predict" or path.endswith(":predict") or path.endswith("/infer")
+def matches_any(routes: Sequence[BaseRoute], scope: Scope) -> bool:
+    """Whether one of ``routes`` takes this request (its path and its method)."""
+    return any(route.matches(scope)[0] is Match.FULL for route in routes)
 
 
-async def _reply(send: Send, status: int, type: str, message: str, headers: dict[str, str] | None = None) -> None:
-    body = ErrorResponse(error=ErrorBody(type=type, message=message)).model_dump_json().encode()
-    raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    raw_headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
-    await send({"type": "http.response.body", "body": body})
+async def reply(scope: Scope, send: Send, status: int, type: str, message: str, **headers: str) -> None:
+    response = error_response(scope["path"], status, type, message, headers=headers or None)
+    await response(scope, _no_body, send)
+
+
+async def _no_body() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def client_of(scope: Scope) -> str:
+    """Who a request comes from, for limits per client."""
+    label = scope.get(CLIENT)
+    if label:
+        return str(label)
+    client = scope.get("client")
+    return f"address-{client[0]}" if client else "address-unknown"
 
 
 class ApiKeyMiddleware:
     """With keys configured, every request but the public paths needs ``Authorization: Bearer KEY``.
 
-    401: no key, or one this service does not know. 403: a known read-only key asked to change something.
-    The key is compared in constant time and never logged.
+    401: no key, or one this service does not know. 403: a known read-only key asked to change something; the
+    prediction endpoints (``predictions``, matched as the router matches them, method included) are reads.
+    The key is compared in constant time and never logged; routes see only its label.
     """
 
-    def __init__(self, app: ASGIApp, keys: list[ApiKey]) -> None:
+    def __init__(self, app: ASGIApp, keys: list[ApiKey], predictions: Sequence[BaseRoute]) -> None:
         self.app = app
         self.keys = keys
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or _is_public(scope["path"]):
-            await self.app(scope, receive, send)
-            return
-        header = dict(scope["headers"]).get(b"authorization", b"")
-        scheme, _, token = header.partition(b" ")
-        if scheme.lower() != b"bearer" or not token.strip():
-            await _reply(
-                send,
-                401,
-                "unauthorized",
-                "this endpoint needs an API key: Authorization: Bearer <key>",
-                {"WWW-Authenticate": 'Bearer realm="trainserve"'},
-            )
-            return
-        key = self._match(token.strip())
-        if key is None:
-            await _reply(
-                send,
-                401,
-                "unauthorized",
-                "the API key is not valid",
-                {"WWW-Authenticate": 'Bearer realm="trainserve", error="invalid_token"'},
-            )
-            return
-        if key.read_only and scope["method"] not in READ_METHODS and not is_prediction(scope["path"]):
-            await _reply(send, 403, "forbidden", "this API key may read and predict, not change anything")
-            return
-        await self.app(scope, receive, send)
-
-    def _match(self, token: bytes) -> ApiKey | None:
-        found = None
-        for key in self.keys:  # every key is compared, so the time taken does not tell which one matched
-            if hmac.compare_digest(key.secret, token):
-                found = key
-        return found
-
-
-class BodyLimitMiddleware:
-    """413 for a body over the limit: at once from Content-Length, else (chunked) as soon as the stream passes it.
-    Multipart uploads are left to the upload endpoint, which has its own limit."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
+        self.predictions = predictions
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
-        if headers.get(b"content-type", b"").startswith(b"multipart/form-data"):
+        key = self._key_of(scope)
+        if key is not None:
+            scope[CLIENT] = key.label
+            scope[AUTHENTICATED] = True
+        if _is_public(scope["path"]):
             await self.app(scope, receive, send)
             return
-        message = (
-            f"the request body is larger than {self.max_bytes} bytes, this service's limit "
-            f"(TRAINSERVE_MAX_REQUEST_BYTES)"
-        )
-        length = headers.get(b"content-length")
-        if length is not None and length.isdigit():
-            if int(length) > self.max_bytes:
-                await _reply(send, 413, "payload_too_large", message)
+        if key is None:
+            await self._refuse(scope, send)
+            return
+        if key.read_only and scope["method"] not in READ_METHODS and not matches_any(self.predictions, scope):
+            await reply(scope, send, 403, "forbidden", "this API key may read and predict, not change anything")
+            return
+        await self.app(scope, receive, send)
+
+    def _key_of(self, scope: Scope) -> ApiKey | None:
+        header = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, token = header.partition(b" ")
+        if scheme.lower() != b"bearer" or not token.strip():
+            return None
+        found = None
+        for key in self.keys:  # every key is compared, so the time taken does not tell which one matched
+            if hmac.compare_digest(key.secret, token.strip()):
+                found = key
+        return found
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        scheme, _, token = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")
+        if scheme.lower() == b"bearer" and token.strip():
+            message, challenge = "the API key is not valid", 'Bearer realm="trainserve", error="invalid_token"'
+        else:
+            message = "this endpoint needs an API key: Authorization: Bearer <key>"
+            challenge = 'Bearer realm="trainserve"'
+        await reply(scope, send, 401, "unauthorized", message, **{"WWW-Authenticate": challenge})
+
+
+class InflightBudget:
+    """Bytes of request bodies held by all requests being received at once. Only the event loop's thread uses it."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+
+    def take(self, count: int) -> bool:
+        if self.used + count > self.capacity:
+            return False
+        self.used += count
+        return True
+
+    def give(self, count: int) -> None:
+        self.used -= count
+
+
+# A body declared this small is charged to the budget at once, from its Content-Length, rather than as it arrives:
+# the server reads at most that many bytes for it, and one charge costs less than one per piece.
+SMALL_BODY = 64 * 1024
+
+
+class BodyGuard:
+    """What a request body may cost, decided by the service, never by the client.
+
+    - Size: a body over ``max_bytes`` (the uploads' own limit on ``uploads``: the file's, and room for the form) is
+      a 413, at once from
+      Content-Length, else as soon as the bytes received pass it — whatever the Content-Type says.
+    - Memory: the bytes received by all requests in flight count against one ``budget``; a request that would pass
+      it is a 503 with Retry-After. Counted as they arrive, so a client that declares 100 MB and sends ten bytes
+      holds ten. Uploads stream to disk and are left out of the budget.
+    - Time: a body whose next piece takes longer than ``timeout`` seconds to arrive is a 408.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_bytes: int,
+        uploads: Sequence[BaseRoute],
+        upload_max_bytes: int,
+        upload_file_bytes: int,
+        budget: InflightBudget,
+        timeout: float,
+    ) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.uploads = uploads
+        self.upload_max_bytes = upload_max_bytes
+        self.upload_file_bytes = upload_file_bytes
+        self.budget = budget
+        self.timeout = timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        upload = matches_any(self.uploads, scope)
+        limit = self.upload_max_bytes if upload else self.max_bytes
+        if upload:
+            too_large = (
+                f"the file is larger than the upload limit of {self.upload_file_bytes:,} bytes "
+                f"(TRAINSERVE_MAX_UPLOAD_BYTES)"
+            )
+        else:
+            too_large = (
+                f"the request body is larger than {limit:,} bytes, this service's limit (TRAINSERVE_MAX_REQUEST_BYTES)"
+            )
+        length = _content_length(scope)
+        if length is not None and length > limit:
+            await reply(scope, send, 413, "payload_too_large", too_large)
+            return
+        charged = 0
+        if not upload and length is not None and length <= SMALL_BODY:
+            if not self.budget.take(length):
+                await self._busy(scope, send)
                 return
-            # The server reads exactly Content-Length bytes: nothing more can arrive to count.
-            await self.app(scope, receive, send)
-            return
+            charged = length
+        budget = None if upload or charged else self.budget
         received = 0
-        started = False
+        complete = length == 0 or (scope["method"] in ("GET", "HEAD") and length is None)
 
-        async def limited_receive() -> Message:
-            nonlocal received
-            event = await receive()
-            if event["type"] == "http.request":
-                received += len(event.get("body", b""))
-                if received > self.max_bytes:
-                    # An HTTPException passes through FastAPI's body parsing to the API's error handler.
-                    raise HTTPException(413, message)
-            return event
-
-        async def tracking_send(event: Message) -> None:
-            nonlocal started
-            if event["type"] == "http.response.start":
-                started = True
-            await send(event)
+        async def guarded_receive() -> Message:
+            nonlocal received, charged, complete
+            if complete:
+                return await receive()
+            try:
+                async with asyncio.timeout(self.timeout):
+                    message = await receive()
+            except TimeoutError:
+                raise HTTPException(
+                    408,
+                    f"the request body stopped arriving for {self.timeout:g} s (TRAINSERVE_BODY_TIMEOUT)",
+                ) from None
+            if message["type"] != "http.request":
+                return message
+            size = len(message.get("body", b""))
+            received += size
+            complete = not message.get("more_body", False)
+            if received > limit:
+                raise HTTPException(413, too_large)
+            if budget is not None:
+                if not budget.take(size):
+                    raise HTTPException(503, _busy_message(budget), headers={"Retry-After": "1"})
+                charged += size
+            return message
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
-        except HTTPException as exc:
-            if exc.status_code != 413 or started:
-                raise
-            await _reply(send, 413, "payload_too_large", message)
+            await self.app(scope, guarded_receive, send)
+        finally:
+            self.budget.give(charged)
+
+    async def _busy(self, scope: Scope, send: Send) -> None:
+        await reply(scope, send, 503, "unavailable", _busy_message(self.budget), **{"Retry-After": "1"})
+
+
+def _busy_message(budget: InflightBudget) -> str:
+    return (
+        f"the service is receiving {budget.capacity:,} bytes of request bodies already, its limit "
+        f"(TRAINSERVE_MAX_INFLIGHT_BYTES); try again in a moment"
+    )
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None

@@ -60,10 +60,15 @@ class ModelCall:
         max_batch_size: int,
         compiler: Executor,
         xla: XlaMode = "auto",
+        max_rows: int | None = None,
     ) -> None:
         import tensorflow as tf
 
         self.input_shape = input_shape
+        # The most instances one call of the model takes; a larger batch runs as several calls, one after another,
+        # so that its layers' outputs never need more memory than the service gives a call.
+        self.max_rows = max_rows or 2**62
+        max_batch_size = min(max_batch_size, self.max_rows)
         self.nbytes = sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in model.weights)
         scale = None if rescale is None else tf.constant(rescale, tf.float32)
 
@@ -86,6 +91,17 @@ class ModelCall:
         self.calls: Counter[Kind] = Counter()
 
     def __call__(self, x: FloatArray) -> FloatArray:
+        n = len(x)
+        if n <= self.max_rows:
+            return self._call(x)
+        first = self._call(x[: self.max_rows])
+        out = np.empty((n, *first.shape[1:]), first.dtype)
+        out[: len(first)] = first
+        for start in range(self.max_rows, n, self.max_rows):
+            out[start : start + self.max_rows] = self._call(x[start : start + self.max_rows])
+        return out
+
+    def _call(self, x: FloatArray) -> FloatArray:
         import tensorflow as tf
 
         n = len(x)

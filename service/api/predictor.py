@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from service import registry
 from service.api.batching import Batcher, BatchStats
-from service.api.body_buffers import BodyBuffers
+from service.api.body_buffers import BodyBuffers, BodyBytes
 from service.api.model_call import ModelCall, XlaMode, load_model_call
 from service.db import ModelRow, session_factory
 from service.registry import ModelRef
@@ -69,21 +70,30 @@ class ModelInfo:
     output_shape: tuple[int, ...]  # of one instance
     rescale: float | None
     class_names: tuple[str, ...] | None
+    # float32 bytes of one instance's input and layer outputs, from the shapes Keras reported when it trained.
+    activation_bytes: int
 
     @classmethod
     def from_row(cls, row: ModelRow) -> ModelInfo:
         layers = row.summary.get("layers") or []
         rescale = row.dataset.get("rescale")
+        input_shape = tuple(int(d) for d in row.input_shape)
         return cls(
             model_id=row.id,
             name=row.name,
             version=row.version,
             sha256=row.sha256,
-            input_shape=tuple(int(d) for d in row.input_shape),
+            input_shape=input_shape,
             output_shape=tuple(int(d) for d in layers[-1]["output_shape"][1:]) if layers else (),
             rescale=None if rescale is None else float(rescale),
             class_names=tuple(row.class_names) if row.class_names else None,
+            activation_bytes=4
+            * (math.prod(input_shape) + sum(math.prod(d or 1 for d in layer["output_shape"][1:]) for layer in layers)),
         )
+
+    def rows_per_call(self, max_activation_bytes: int) -> int:
+        """The most instances one call of this model may take within the activation budget."""
+        return max(1, max_activation_bytes // max(1, self.activation_bytes))
 
 
 @dataclass
@@ -116,6 +126,7 @@ class ModelCache:
         max_bytes: int,
         make_batcher: Callable[[ModelInfo, ModelCall], Batcher],
         max_batch_size: int,
+        max_activation_bytes: int,
         compiler: Executor,
         xla: XlaMode,
     ) -> None:
@@ -124,6 +135,7 @@ class ModelCache:
         self.max_bytes = max_bytes
         self._make_batcher = make_batcher
         self._max_batch_size = max_batch_size
+        self._max_activation_bytes = max_activation_bytes
         self._compiler = compiler
         self._xla: XlaMode = xla
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
@@ -186,6 +198,7 @@ class ModelCache:
                 max_batch_size=self._max_batch_size,
                 compiler=self._compiler,
                 xla=self._xla,
+                max_rows=info.rows_per_call(self._max_activation_bytes),
             )
         call.warm_up()
         return call
@@ -215,6 +228,7 @@ class Serving:
             max_bytes=settings.predict_cache_bytes,
             make_batcher=self._make_batcher,
             max_batch_size=settings.max_batch_size,
+            max_activation_bytes=settings.max_activation_bytes,
             compiler=self.compiler,
             xla=settings.predict_xla,
         )
@@ -225,7 +239,7 @@ class Serving:
         return Batcher(
             call,
             executor=self.executor,
-            max_batch_size=self.settings.max_batch_size,
+            max_batch_size=min(self.settings.max_batch_size, call.max_rows),
             max_latency_s=self.settings.max_latency_ms / 1000,
             stats=self.stats.for_model(f"{info.model_id}", info.name, info.version),
         )
@@ -292,8 +306,9 @@ def batch_from_json(values: Any, info: ModelInfo, what: str, loc: tuple[str | in
     """Nested JSON numbers as a float32 batch of the model's input shape, or PredictError invalid_input."""
     expected = [len(values) if isinstance(values, list) else 1, *info.input_shape]
     try:
-        x = np.asarray(values, dtype=np.float32)
-    except (ValueError, TypeError) as exc:
+        with np.errstate(over="ignore"):  # beyond float32's range is infinity, refused below
+            x = np.asarray(values, dtype=np.float32)
+    except (ValueError, TypeError, OverflowError) as exc:
         raise invalid(f"{what} must be numbers in an array of shape {expected}: {exc}", loc) from exc
     if list(x.shape) != expected:
         raise invalid(f"{what} have shape {list(x.shape)}; this model expects {expected}", loc)
@@ -304,7 +319,7 @@ def batch_from_json(values: Any, info: ModelInfo, what: str, loc: tuple[str | in
 NPY_HEADER_PEEK = 12 + 65_536
 
 
-def batch_from_npy(body: bytes | memoryview, info: ModelInfo, limit: Callable[[int], None]) -> FloatArray:
+def batch_from_npy(body: BodyBytes, info: ModelInfo, limit: Callable[[int], None]) -> FloatArray:
     """A ``.npy`` body (numbers, shape (n, *input_shape)) as a float32 batch, without copying float32 data."""
     stream = io.BytesIO(body[:NPY_HEADER_PEEK])
     try:
@@ -315,20 +330,27 @@ def batch_from_npy(body: bytes | memoryview, info: ModelInfo, limit: Callable[[i
             shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
         else:
             raise ValueError(f"unsupported .npy format version {version}")
-    except ValueError as exc:
-        raise invalid(f"the body is not a .npy array: {exc}") from exc
+    except Exception as exc:  # whatever numpy's header parser meets in a hand-made header: not a .npy array
+        raise invalid(f"the body is not a .npy array: {str(exc)[:200]}", ("body",)) from exc
     if dtype.hasobject or dtype.kind not in "biuf":
-        raise invalid(f"the .npy array holds {dtype}; send numbers (float32 is used as is)")
+        raise invalid(f"the .npy array holds {dtype}; send numbers (float32 is used as is)", ("body",))
     expected = ["n", *info.input_shape]
-    if len(shape) != len(expected) or list(shape[1:]) != list(info.input_shape):
-        raise invalid(f"the .npy array has shape {list(shape)}; this model expects {expected}")
+    if (
+        not all(type(d) is int for d in shape)
+        or len(shape) != len(expected)
+        or list(shape[1:]) != list(info.input_shape)
+    ):
+        raise invalid(f"the .npy array has shape {list(shape)[:8]}; this model expects {expected}", ("body",))
+    if shape[0] == 0:
+        raise invalid("the .npy array holds no instances; send at least one", ("body",))
     limit(int(shape[0]))
     count = int(np.prod(shape))
     offset = stream.tell()
     if len(body) - offset != count * dtype.itemsize:
         raise invalid(
             f"the .npy body holds {len(body) - offset} bytes of data; shape {list(shape)} needs "
-            f"{count * dtype.itemsize}"
+            f"{count * dtype.itemsize}",
+            ("body",),
         )
     x = np.frombuffer(body, dtype=dtype, count=count, offset=offset)
     x = x.reshape(shape[::-1]).transpose() if fortran_order else x.reshape(shape)

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.db import JobRow, JobStatus, ModelRow
+from service.spec import exactly_one_of
 
 
 class JobCreated(BaseModel):
@@ -154,7 +155,7 @@ class PredictRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         protected_namespaces=(),
-        json_schema_extra={"examples": [PREDICT_EXAMPLE]},
+        json_schema_extra={"examples": [PREDICT_EXAMPLE], **exactly_one_of("model_id", "model")},
     )
 
     model_id: str | None = Field(default=None, description="Id of a trained model; or give `model`.")

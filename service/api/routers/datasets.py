@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import functools
 import io
 import re
-from typing import Annotated, Any, Literal
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Annotated, Any, Literal, TypeVar
 
 import numpy as np
+import orjson
 from fastapi import APIRouter, Path, Query, Request, Response
-from fastapi.concurrency import run_in_threadpool
 
 from service import uploads
-from service.api.dataset_schemas import DatasetList, DatasetRead, DatasetSample, DatasetSamples
-from service.api.deps import SessionDep, SettingsDep
+from service.api.dataset_schemas import DatasetList, DatasetRead, DatasetSamples
+from service.api.deps import Limit, Offset, SessionDep, SettingsDep
 from service.api.errors import ApiError, ErrorItem, item, not_found, responses, validation_error
 from service.api.multipart import receive_upload
 from service.dataset_files import CHANNELS, KINDS_BY_SUFFIX, ColorMode, DatasetFileError, UploadOptions, kind_of
@@ -21,6 +25,7 @@ from service.datasets import BUILTIN_DATASETS
 from service.db import DatasetRow
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
+T = TypeVar("T")
 
 DatasetId = Annotated[
     str, Path(description="An uploaded dataset's id, or a built-in dataset's name (e.g. digits).", max_length=64)
@@ -64,7 +69,18 @@ UPLOAD_FORM: dict[str, Any] = {
 }
 
 
+MAX_FILENAME = 255
+
+
+def has_control_characters(text: str) -> bool:
+    """NUL and the other control characters: no database or terminal takes them well in a name."""
+    return any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text)
+
+
 def _check_filename(filename: str) -> None:
+    if len(filename) > MAX_FILENAME or has_control_characters(filename):
+        what = f"longer than {MAX_FILENAME} characters" if len(filename) > MAX_FILENAME else "holds control characters"
+        raise validation_error([item(["file"], f"the file's name {what}; rename it")])
     if kind_of(filename) is None:
         raise ApiError(
             415,
@@ -81,7 +97,7 @@ def _options(fields: dict[str, str]) -> UploadOptions:
         problems.append(item(["label_column"], "must name the label column"))
     size_text = fields.get("image_size", "64,64").strip()
     size: tuple[int, int] = (64, 64)
-    numbers = [int(n) for n in re.split(r"\s*[,x×]\s*", size_text) if n.isdigit()]
+    numbers = [int(n) for n in re.split(r"\s*[,x×]\s*", size_text) if re.fullmatch("[0-9]{1,5}", n)]
     if len(numbers) == 1:
         numbers *= 2
     if len(numbers) != 2 or not all(1 <= n <= MAX_IMAGE_SIDE for n in numbers):
@@ -97,6 +113,36 @@ def _options(fields: dict[str, str]) -> UploadOptions:
         raise validation_error(problems)
     mode: ColorMode = color_mode  # type: ignore[assignment]  # checked just above
     return UploadOptions(label_column=label_column, image_size=size, color_mode=mode)
+
+
+class Ingests:
+    """Uploads being read into datasets: at most ``workers`` at once, each in a thread of its own, so that reading
+    a large file never holds up the threads every other request shares. Others wait their turn, a minute at most."""
+
+    WAIT_SECONDS = 60.0
+
+    def __init__(self, workers: int) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest")
+        self.turns = asyncio.Semaphore(workers)
+
+    async def run(self, function: Callable[[], T]) -> T:
+        try:
+            async with asyncio.timeout(self.WAIT_SECONDS):
+                await self.turns.acquire()
+        except TimeoutError:
+            raise ApiError(
+                503,
+                "unavailable",
+                "other uploads are being read (TRAINSERVE_MAX_CONCURRENT_INGESTS); try again shortly",
+                headers={"Retry-After": "10"},
+            ) from None
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, function)
+        finally:
+            self.turns.release()
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
 
 @router.post(
@@ -130,11 +176,13 @@ async def upload_dataset(request: Request, response: Response, settings: Setting
         assert kind is not None  # checked while receiving
         options = _options(upload.fields)
         name = upload.fields.get("name", "").strip() or upload.filename.rsplit("/", 1)[-1].rsplit(".", 1)[0]
-        if len(name) > 200:
-            raise validation_error([item(["name"], "at most 200 characters")])
+        if len(name) > 200 or has_control_characters(name):
+            raise validation_error([item(["name"], "at most 200 characters, and no control characters")])
+        ingests: Ingests = request.app.state.ingests
         try:
-            row, created = await run_in_threadpool(
-                lambda: uploads.ingest(
+            row, created = await ingests.run(
+                functools.partial(
+                    uploads.ingest,
                     settings=settings,
                     upload=upload.path,
                     filename=upload.filename,
@@ -145,8 +193,9 @@ async def upload_dataset(request: Request, response: Response, settings: Setting
                 )
             )
         except DatasetFileError as exc:
+            kind_of_error = "dataset_too_large" if exc.status == 413 else "invalid_dataset"
             raise ApiError(
-                422, "invalid_dataset", f"{upload.filename}: {exc.message}", [item([exc.field], exc.message)]
+                exc.status, kind_of_error, f"{upload.filename}: {exc.message}", [item([exc.field], exc.message)]
             ) from exc
     finally:
         upload.path.unlink(missing_ok=True)
@@ -159,8 +208,8 @@ async def upload_dataset(request: Request, response: Response, settings: Setting
 def list_datasets(
     session: SessionDep,
     settings: SettingsDep,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 50,
+    offset: Offset = 0,
 ) -> DatasetList:
     """The built-in datasets (whether each is available offline), then uploads, newest first."""
     page = list(BUILTIN_DATASETS.values())[offset : offset + limit]
@@ -196,15 +245,24 @@ def get_dataset(dataset_id: DatasetId, session: SessionDep, settings: SettingsDe
     return _builtin(dataset_id, settings) or DatasetRead.from_row(_uploaded(session, dataset_id))
 
 
-@router.get("/{dataset_id}/samples", response_model=DatasetSamples, responses=responses(404, 409, 422))
+@router.get(
+    "/{dataset_id}/samples",
+    response_model=DatasetSamples,
+    response_class=Response,
+    responses={**responses(404, 409, 422), 200: {"model": DatasetSamples}},
+)
 def get_samples(
     dataset_id: DatasetId,
     session: SessionDep,
     settings: SettingsDep,
     n: Annotated[int, Query(ge=1, le=uploads.SAMPLE_ROWS, description="How many rows, from the first.")] = 5,
     split: Annotated[Literal["train", "test"], Query()] = "train",
-) -> DatasetSamples:
-    """The first `n` rows of a split as numbers in the dataset's units, with their classes; images also as PNG."""
+    values: Annotated[
+        bool, Query(description="Include each sample's numbers; `false` answers images (and labels) only.")
+    ] = True,
+) -> Response:
+    """The first `n` rows of a split as numbers in the dataset's units, with their classes; images also as PNG.
+    An answer may be at most `TRAINSERVE_MAX_RESPONSE_BYTES` (422 with the `n` that fits)."""
     info = BUILTIN_DATASETS.get(dataset_id)
     if info is not None:
         overview = uploads.builtin_overview(info.name)
@@ -224,17 +282,43 @@ def get_samples(
             raise not_found("test split in dataset", dataset_id)
         x, y = uploads.stored_split(row, settings.datasets_dir, split)
         rows, class_names, images = row.splits[split], row.class_names, row.kind == "images"
+    count = min(n, rows)
+    _check_answer_size(count, x, values=values, images=images, limit=settings.max_response_bytes)
     samples = [
-        DatasetSample(
-            index=i,
-            x=np.asarray(x[i]).tolist(),
-            y=int(y[i]),
-            label=class_names[int(y[i])] if class_names else None,
-            image=_png_data_url(np.asarray(x[i])) if images else None,
-        )
-        for i in range(min(n, rows))
+        {
+            "index": i,
+            "x": np.ascontiguousarray(x[i]) if values else None,
+            "y": int(y[i]),
+            "label": class_names[int(y[i])] if class_names else None,
+            "image": _png_data_url(np.asarray(x[i])) if images else None,
+        }
+        for i in range(count)
     ]
-    return DatasetSamples(dataset_id=dataset_id, split=split, rows=rows, samples=samples)
+    content = {"dataset_id": dataset_id, "split": split, "rows": rows, "samples": samples}
+    return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+
+
+def _check_answer_size(count: int, x: np.ndarray[Any, Any], *, values: bool, images: bool, limit: int) -> None:
+    """Refuse before building an answer larger than the service sends: about one JSON number per value (a few
+    characters for bytes, up to 16 for float32) and the PNG as base64, at most its raw pixels."""
+    size = int(np.prod(x.shape[1:]))
+    per_sample = 200 + (size * (4 if x.dtype == np.uint8 else 16) if values else 0) + (size * 4 // 3 if images else 0)
+    if count * per_sample <= limit:
+        return
+    fits = limit // per_sample
+    hint = f"ask for at most n={fits}" if fits else "no sample's numbers fit"
+    if values and images:
+        hint += ", or for images only (values=false)"
+    raise validation_error(
+        [
+            item(
+                ["query", "n"],
+                f"{count} samples of {list(x.shape[1:])} values would make an answer of about "
+                f"{count * per_sample:,} bytes, more than this service sends (TRAINSERVE_MAX_RESPONSE_BYTES: "
+                f"{limit:,}); {hint}",
+            )
+        ]
+    )
 
 
 def _png_data_url(sample: np.ndarray[Any, Any]) -> str:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+
 import redis
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from service.api.deps import SessionDep, SettingsDep
+from service.api.middleware import AUTHENTICATED
 from service.api.schemas import Health
 
 router = APIRouter(tags=["health"])
+log = logging.getLogger(__name__)
 
 
 @router.get("/healthz", response_model=Health)
@@ -34,16 +39,27 @@ def _check_broker(url: str) -> str:
     return "ok"
 
 
-@router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
-async def readyz(session: SessionDep, settings: SettingsDep) -> Health | JSONResponse:
-    """The database and the broker answer; 503 otherwise, with what failed."""
-    checks: dict[str, str] = {}
+def _check_database(session: Session) -> str:
     try:
-        await run_in_threadpool(session.execute, text("SELECT 1"))
-        checks["database"] = "ok"
+        session.execute(text("SELECT 1"))
     except Exception as exc:
-        checks["database"] = f"unreachable: {exc}"
-    checks["broker"] = await run_in_threadpool(_check_broker, settings.redis_url)
+        return f"unreachable: {exc}"
+    return "ok"
+
+
+@router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
+async def readyz(request: Request, session: SessionDep, settings: SettingsDep) -> Health | JSONResponse:
+    """The database and the broker answer; 503 otherwise, naming what failed. Why it failed (which may name hosts
+    and users) is logged, and told only to a request with a valid API key."""
+    checks = {
+        "database": await run_in_threadpool(_check_database, session),
+        "broker": await run_in_threadpool(_check_broker, settings.redis_url),
+    }
     if all(v == "ok" for v in checks.values()):
         return Health(status="ready", checks=checks)
+    for name, outcome in checks.items():
+        if outcome != "ok":
+            log.warning("not ready: %s %s", name, outcome)
+    if not request.scope.get(AUTHENTICATED):
+        checks = {name: "ok" if outcome == "ok" else "unavailable" for name, outcome in checks.items()}
     return JSONResponse(Health(status="unavailable", checks=checks).model_dump(), status_code=503)

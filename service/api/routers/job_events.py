@@ -1,9 +1,11 @@
 """GET /jobs/{job_id}/events: a job's progress as Server-Sent Events.
 
 One `status` event per status change and one `epoch` event per finished epoch, read from the database (the source
-of truth, whichever worker runs the job). Each event id is `<attempt>.<epoch>`, so a client that reconnects with
-`Last-Event-ID` gets the current status and only the epochs it has not seen; a retried job starts its epochs
-over under a new attempt number. Comment lines keep idle connections open; the stream ends with the job.
+of truth, whichever worker runs the job) by one poll shared by every stream (``job_watch``). Each event id is
+`<attempt>.<epoch>`, so a client that reconnects with `Last-Event-ID` gets the current status and only the epochs
+it has not seen; a retried job starts its epochs over under a new attempt number. Comment lines keep idle
+connections open; the stream ends with the job, or after `TRAINSERVE_EVENT_STREAM_MAX_SECONDS`, when the client
+reconnects and goes on.
 """
 
 from __future__ import annotations
@@ -12,47 +14,19 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
 
-from service import jobs
 from service.api.deps import SettingsDep
-from service.api.errors import not_found, responses
-from service.db import FINISHED_STATUSES, ID_PATTERN, JobRow, JobStatus, session_scope
+from service.api.errors import ApiError, not_found, responses
+from service.api.job_watch import JobWatch, Slot, Snapshot, StreamLimitError
+from service.api.middleware import client_of
+from service.db import FINISHED_STATUSES, ID_PATTERN, JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
-
-POLL_SECONDS = 0.25
-
-
-@dataclass
-class Snapshot:
-    job: dict[str, Any]
-    attempt: int
-    status: str
-    history: list[dict[str, Any]]
-
-
-def _snapshot(database_url: str, job_id: str) -> Snapshot | None:
-    with session_scope(database_url) as session:
-        row: JobRow | None = jobs.get_job(session=session, job_id=job_id)
-        if row is None:
-            return None
-        history = jobs.job_history(session=session, job_ids=[job_id])[job_id]
-        job = {
-            "job_id": row.id,
-            "status": row.status,
-            "attempts": row.attempts,
-            "progress": {"epoch": row.epoch, "epochs": row.epochs},
-            "model_id": row.model_id,
-            "error": {"type": row.error_type, "message": row.error_message} if row.error_type else None,
-            "cancel_requested": row.cancel_requested,
-        }
-        return Snapshot(job=job, attempt=row.attempts, status=row.status, history=history)
 
 
 def _parse_last_event_id(value: str | None) -> tuple[int, int]:
@@ -70,38 +44,58 @@ def _event(kind: str, event_id: str, data: dict[str, Any]) -> bytes:
 
 
 async def _stream(
-    request: Request, database_url: str, job_id: str, first: Snapshot, seen: tuple[int, int], heartbeat: float
+    watch: JobWatch,
+    slot: Slot,
+    job_id: str,
+    first: Snapshot,
+    seen: tuple[int, int],
+    heartbeat: float,
+    max_seconds: float,
 ) -> AsyncIterator[bytes]:
-    yield b"retry: 1000\n\n"
-    attempt, epoch = seen
-    status: str | None = None
-    snapshot: Snapshot | None = first
-    last_sent = time.monotonic()
-    while snapshot is not None:
-        if snapshot.attempt != attempt:
-            attempt, epoch = snapshot.attempt, 0  # a new attempt trains from the first epoch again
-        for row in snapshot.history:
-            if row["epoch"] > epoch:
-                epoch = row["epoch"]
-                yield _event("epoch", f"{attempt}.{epoch}", {"attempt": attempt, **row})
-                last_sent = time.monotonic()
-        if snapshot.status != status:
-            status = snapshot.status
-            yield _event("status", f"{attempt}.{epoch}", snapshot.job)
-            last_sent = time.monotonic()
-        if JobStatus(status) in FINISHED_STATUSES or await request.is_disconnected():
-            return
-        if time.monotonic() - last_sent >= heartbeat:
-            yield b": keep-alive\n\n"
-            last_sent = time.monotonic()
-        await asyncio.sleep(POLL_SECONDS)
-        snapshot = await run_in_threadpool(_snapshot, database_url, job_id)
+    try:
+        yield b"retry: 1000\n\n"
+        attempt, epoch = seen
+        status: str | None = None
+        started = last_sent = time.monotonic()
+        with watch.follow(job_id, first) as watched:
+            while True:
+                version, snapshot = watched.version, watched.snapshot
+                if snapshot.attempt != attempt:
+                    attempt, epoch = snapshot.attempt, 0  # a new attempt trains from the first epoch again
+                for row in snapshot.history:
+                    if row["epoch"] > epoch:
+                        epoch = row["epoch"]
+                        yield _event("epoch", f"{attempt}.{epoch}", {"attempt": attempt, **row})
+                        last_sent = time.monotonic()
+                if snapshot.status != status:
+                    status = snapshot.status
+                    yield _event("status", f"{attempt}.{epoch}", snapshot.job)
+                    last_sent = time.monotonic()
+                if JobStatus(status) in FINISHED_STATUSES:
+                    return
+                now = time.monotonic()
+                if now - started >= max_seconds:
+                    return  # the client reconnects with Last-Event-ID and goes on
+                if watched.version == version:
+                    wait = min(heartbeat - (now - last_sent), max_seconds - (now - started))
+                    try:
+                        async with asyncio.timeout(max(0.0, wait)):
+                            await watched.changed.wait()
+                    except TimeoutError:
+                        if time.monotonic() - last_sent >= heartbeat:
+                            yield b": keep-alive\n\n"
+                            last_sent = time.monotonic()
+    finally:
+        slot.release()
 
 
 @router.get(
     "/{job_id}/events",
     response_class=StreamingResponse,
-    responses={**responses(404), 200: {"content": {"text/event-stream": {}}, "description": "An event stream."}},
+    responses={
+        **responses(404, 429),
+        200: {"content": {"text/event-stream": {}}, "description": "An event stream."},
+    },
 )
 async def job_events(
     job_id: Annotated[str, Path(description="Job id as returned by POST /train.", pattern=ID_PATTERN)],
@@ -110,13 +104,32 @@ async def job_events(
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=50)] = None,
 ) -> StreamingResponse:
     """Follow a job live: `event: epoch` for every finished epoch (loss, metrics, val_*), `event: status` for each
-    status change (the job's status, progress, model_id, error). Ends when the job ends; resumable with
-    `Last-Event-ID`."""
-    first = await run_in_threadpool(_snapshot, settings.database_url, job_id)
+    status change (the job's status, progress, model_id, error). Ends when the job ends (or after an hour: reconnect
+    with `Last-Event-ID` to go on). A client may hold `TRAINSERVE_MAX_EVENT_STREAMS_PER_CLIENT` streams at once."""
+    watch: JobWatch = request.app.state.job_watch
+    try:
+        slot = watch.reserve(client_of(request.scope))
+    except StreamLimitError as exc:
+        raise ApiError(429, "too_many_streams", exc.message, headers={"Retry-After": "5"}) from exc
+    try:
+        first = await watch.first(job_id)
+    except BaseException:
+        slot.release()
+        raise
     if first is None:
+        slot.release()
         raise not_found("job", job_id)
     stream = _stream(
-        request, settings.database_url, job_id, first, _parse_last_event_id(last_event_id), settings.sse_heartbeat
+        watch,
+        slot,
+        job_id,
+        first,
+        _parse_last_event_id(last_event_id),
+        settings.sse_heartbeat,
+        settings.event_stream_max_seconds,
     )
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+    # The slot is released when the stream ends, and also when the response ends before the stream ever started.
+    return StreamingResponse(
+        stream, media_type="text/event-stream", headers=headers, background=BackgroundTask(slot.release)
+    )

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response
 
 from service import jobs
-from service.api.deps import SessionDep
+from service.api.deps import Limit, Offset, SessionDep
 from service.api.errors import ApiError, not_found, responses
 from service.api.schemas import JobList, JobRead
 from service.db import ID_PATTERN, JobStatus
@@ -21,8 +21,8 @@ JobId = Annotated[str, Path(description="Job id as returned by POST /train.", pa
 def list_jobs(
     session: SessionDep,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 50,
+    offset: Offset = 0,
 ) -> JobList:
     """Jobs, newest first."""
     rows, count = jobs.list_jobs(session=session, status=status, limit=limit, offset=offset)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import FileResponse, PlainTextResponse
 
 from service import jobs
-from service.api.deps import SessionDep, SettingsDep
+from service.api.deps import Limit, Offset, SessionDep, SettingsDep
 from service.api.errors import ApiError, not_found, responses
 from service.api.schemas import ModelList, ModelRead, ModelSummary
 from service.db import ID_PATTERN, ModelRow
@@ -29,8 +29,8 @@ def _model(session: SessionDep, model_id: str) -> ModelRow:
 @router.get("", response_model=ModelList, responses=responses(422))
 def list_models(
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 50,
+    offset: Offset = 0,
 ) -> ModelList:
     """Models, newest first."""
     rows, count = jobs.list_models(session=session, limit=limit, offset=offset)

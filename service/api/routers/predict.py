@@ -14,6 +14,7 @@ import numpy as np
 import orjson
 from fastapi import APIRouter, Request, Response
 
+from service.api.body_buffers import BodyBytes
 from service.api.errors import ApiError, item, responses, validation_error
 from service.api.predictor import (
     FloatArray,
@@ -85,13 +86,13 @@ def _reference(model_id: Any, model: Any, loc: tuple[str, ...] = ()) -> ModelRef
     return ModelRef(model_id=model_id) if model_id is not None else parse_reference(model)
 
 
-def _json_request(body: bytes | memoryview) -> tuple[ModelRef, list[Any]]:
+def _json_request(body: BodyBytes) -> tuple[ModelRef, list[Any]]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise validation_error([item([], f"the body is not valid JSON: {exc}")]) from exc
+        raise validation_error([item(["body"], f"the body is not valid JSON: {exc}")]) from exc
     if not isinstance(data, dict):
-        raise validation_error([item([], 'the body must be a JSON object: {"model_id" or "model", "instances"}')])
+        raise validation_error([item(["body"], 'the body must be a JSON object: {"model_id" or "model", "instances"}')])
     problems = [item([key], f"unknown field {key!r}") for key in data if key not in FIELDS]
     instances = data.get("instances")
     if instances is None:

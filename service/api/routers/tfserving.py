@@ -25,7 +25,7 @@ from service.api.predictor import (
     batch_from_json,
     invalid,
 )
-from service.registry import ModelRef, parse_version
+from service.registry import VERSION_PATTERN, ModelRef, parse_version
 
 router = APIRouter(prefix="/v1/models", tags=["TensorFlow Serving"])
 
@@ -33,7 +33,7 @@ STATUS = {"not_found": 404, "invalid_input": 400, "too_many_instances": 413, "st
 SIGNATURE = "serving_default"
 
 Name = Annotated[str, Path(description="The model's name.")]
-Version = Annotated[str, Path(description="A version of that name: 1, 2, 3…")]
+Version = Annotated[str, Path(description="A version of that name: 1, 2, 3…", pattern=VERSION_PATTERN)]
 
 ERROR = {"content": {"application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}}}}}}
 RESPONSES: dict[int | str, dict[str, Any]] = {400: ERROR, 404: ERROR, 413: ERROR, 500: ERROR}
@@ -45,10 +45,26 @@ PREDICT_BODY: dict[str, Any] = {
                 "schema": {
                     "type": "object",
                     "properties": {
-                        "signature_name": {"type": "string", "default": SIGNATURE},
-                        "instances": {"type": "array", "description": "Row format: one entry per instance."},
-                        "inputs": {"description": "Columnar format: the batch as one tensor, or {input: tensor}."},
+                        "signature_name": {"type": "string", "enum": [SIGNATURE, ""], "default": SIGNATURE},
+                        "instances": {
+                            "type": "array",
+                            "minItems": 1,
+                            "description": "Row format: one entry per instance (or {input: instance}).",
+                        },
+                        "inputs": {
+                            "description": "Columnar format: the batch as one tensor, or {input: tensor}.",
+                            "anyOf": [
+                                {"type": "array", "minItems": 1},
+                                {
+                                    "type": "object",
+                                    "properties": {INPUT_NAME: {"type": "array", "minItems": 1}},
+                                    "required": [INPUT_NAME],
+                                    "additionalProperties": False,
+                                },
+                            ],
+                        },
                     },
+                    "oneOf": [{"required": ["instances"]}, {"required": ["inputs"]}],
                 },
                 "example": {"instances": [[[0, 0, 5, 13, 9, 1, 0, 0]] * 8]},
             }
@@ -184,11 +200,14 @@ def _columnar_format(inputs: Any, info: ModelInfo, serving: Serving) -> FloatArr
 
 async def _predict(request: Request, name: str, version: str | None) -> Response:
     serving: Serving = request.app.state.serving
+    received = await serving.bodies.read(request)
     try:
         try:
-            body = orjson.loads(await request.body())
+            body = orjson.loads(received.data)
         except orjson.JSONDecodeError as exc:
             raise invalid(f"JSON Parse error: {exc}") from exc
+        finally:
+            serving.bodies.release(received)  # parsed: nothing refers to the bytes any more
         if not isinstance(body, dict):
             raise invalid("the body must be a JSON object with 'instances' or 'inputs'")
         signature = body.get("signature_name", SIGNATURE)

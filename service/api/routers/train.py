@@ -5,14 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Response
+from celery import Celery
+from fastapi import APIRouter, Header, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from service import jobs, uploads
 from service.api.deps import CeleryDep, SessionDep, SettingsDep
-from service.api.errors import ApiError, item, responses, validation_error
+from service.api.errors import ApiError, invalid_body, item, parse_json_body, responses, validation_error
 from service.api.schemas import JobCreated
 from service.db import JobRow, JobStatus
 from service.examples import openapi_examples
@@ -28,11 +32,14 @@ log = logging.getLogger(__name__)
 
 
 def _dry_build(request: TrainRequest, session: SessionDep, settings: Settings) -> DryBuild:
-    from service.keras_build import SpecError, dry_build
+    from service.keras_build import MemoryLimits, SpecError, dry_build
 
+    memory = MemoryLimits(
+        max_activation_bytes=settings.max_activation_bytes, max_training_data_bytes=settings.max_training_data_bytes
+    )
     try:
         info = uploads.dataset_info(session=session, spec=request.dataset)
-        return dry_build(request, info, max_params=settings.max_model_params)
+        return dry_build(request, info, max_params=settings.max_model_params, memory=memory)
     except (SpecError, uploads.UnknownDatasetError) as exc:
         raise validation_error([item(path, message) for path, message in exc.problems]) from exc
 
@@ -77,15 +84,48 @@ def _replay(job: JobRow, request_sha256: str, key: str, response: Response) -> J
     return JobCreated(job_id=job.id, status=JobStatus(job.status))
 
 
+TRAIN_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {"$ref": "#/components/schemas/TrainRequest"},
+                "examples": openapi_examples(),
+            }
+        },
+    }
+}
+
+
 @router.post(
     "/train",
     status_code=202,
     response_model=JobCreated,
-    responses=responses(409, 413, 422, 503),
+    responses={
+        **responses(409, 413, 422, 503),
+        202: {
+            "model": JobCreated,
+            "links": {
+                "GetJob": {
+                    "operationId": "get_job_jobs__job_id__get",
+                    "parameters": {"job_id": "$response.body#/job_id"},
+                },
+                "FollowJob": {
+                    "operationId": "job_events_jobs__job_id__events_get",
+                    "parameters": {"job_id": "$response.body#/job_id"},
+                },
+                "CancelJob": {
+                    "operationId": "cancel_job_jobs__job_id__cancel_post",
+                    "parameters": {"job_id": "$response.body#/job_id"},
+                },
+            },
+        },
+    },
     summary="Queue a training job",
+    openapi_extra=TRAIN_BODY,
 )
-def train(
-    request: Annotated[TrainRequest, Body(openapi_examples=openapi_examples())],
+async def train(
+    request: Request,
     response: Response,
     session: SessionDep,
     settings: SettingsDep,
@@ -102,6 +142,22 @@ def train(
 ) -> JobCreated:
     """Validate the spec, build the model once without training it (so shape errors are a 422 now, not a failed
     job later), record the job and queue it. Poll `Location` (`GET /jobs/{job_id}`) for progress."""
+    body = parse_json_body(await request.body())
+    try:
+        spec = TrainRequest.model_validate(body)
+    except ValidationError as exc:
+        raise invalid_body(exc, body) from exc
+    return await run_in_threadpool(_submit, spec, response, session, settings, celery, idempotency_key)
+
+
+def _submit(
+    request: TrainRequest,
+    response: Response,
+    session: Session,
+    settings: Settings,
+    celery: Celery,
+    idempotency_key: str | None,
+) -> JobCreated:
     request_sha256 = _request_hash(request)
     if idempotency_key is not None:
         earlier = jobs.get_job_by_idempotency_key(session=session, key=idempotency_key)

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import text
 
+from service.api.body_buffers import BodyBytes
 from service.api.deps import ServingDep
 from service.api.predictor import (
     INPUT_NAME,
@@ -30,7 +31,7 @@ from service.api.predictor import (
     invalid,
 )
 from service.db import session_factory
-from service.registry import ModelRef, parse_version
+from service.registry import VERSION_PATTERN, ModelRef, parse_version
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
 
@@ -41,23 +42,58 @@ PLATFORM = "keras_tensorflow"
 EXTENSIONS = ["binary_tensor_data"]
 
 Name = Annotated[str, Path(description="The model's name.")]
-Version = Annotated[str, Path(description="A version of that name: 1, 2, 3…")]
+Version = Annotated[str, Path(description="A version of that name: 1, 2, 3…", pattern=VERSION_PATTERN)]
 
 ERROR = {"content": {"application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}}}}}}
 RESPONSES: dict[int | str, dict[str, Any]] = {400: ERROR, 404: ERROR, 413: ERROR, 500: ERROR}
+_PARAMETERS = {"type": "object", "description": "Extension parameters, e.g. binary_data_size."}
 INFER_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
+        "description": "The inference request as JSON. With the binary tensor data extension (what "
+        "`tritonclient.http` sends by default) the JSON is followed by the raw little-endian tensor bytes, the "
+        f"JSON's length in the `{HEADER_LENGTH}` header, and the input's `parameters.binary_data_size` in place of "
+        "`data`.",
         "content": {
             "application/json": {
-                "schema": {"type": "object", "required": ["inputs"]},
+                "schema": {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "parameters": _PARAMETERS,
+                        "inputs": {
+                            "type": "array",
+                            "minItems": 1,
+                            "maxItems": 1,
+                            "items": {
+                                "type": "object",
+                                "required": ["name", "shape", "datatype"],
+                                "properties": {
+                                    "name": {"type": "string", "enum": [INPUT_NAME]},
+                                    "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                                    "datatype": {"type": "string", "enum": [DATATYPE]},
+                                    "data": {"type": "array", "description": "Row-major, flat or nested."},
+                                    "parameters": _PARAMETERS,
+                                },
+                            },
+                        },
+                        "outputs": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["name"],
+                                "properties": {
+                                    "name": {"type": "string", "enum": [OUTPUT_NAME]},
+                                    "parameters": _PARAMETERS,
+                                },
+                            },
+                        },
+                    },
+                },
                 "example": {
                     "inputs": [{"name": INPUT_NAME, "shape": [1, 8, 8], "datatype": DATATYPE, "data": [0.0] * 64}]
                 },
-            },
-            "application/octet-stream": {
-                "schema": {"type": "string", "format": "binary"},
-                "description": f"Binary tensor data: a JSON header of `{HEADER_LENGTH}` bytes, then the tensors.",
             },
         },
     }
@@ -169,7 +205,7 @@ async def _ready(serving: Serving, name: str, version: str | None) -> Response:
     return _json({"name": loaded.info.name, "ready": True})
 
 
-def _split_body(body: bytes, header_length: str | None) -> tuple[Any, memoryview]:
+def _split_body(body: BodyBytes, header_length: str | None) -> tuple[Any, memoryview]:
     """The JSON header and the binary section that follows it (empty without the binary extension)."""
     size = len(body)
     if header_length is not None:
@@ -207,7 +243,7 @@ def _input_tensor(request: dict[str, Any], binary: memoryview, info: ModelInfo, 
     expected = [-1, *info.input_shape]
     if (
         not isinstance(shape, list)
-        or not all(isinstance(d, int) and d >= 0 for d in shape)
+        or not all(type(d) is int and d >= 0 for d in shape)
         or len(shape) != len(expected)
         or shape[1:] != expected[1:]
         or shape[0] < 1
@@ -230,8 +266,9 @@ def _input_tensor(request: dict[str, Any], binary: memoryview, info: ModelInfo, 
         if "data" not in tensor:
             raise invalid(f"input {INPUT_NAME!r} has neither 'data' nor binary data")
         try:
-            x = np.asarray(tensor["data"], dtype=np.float32)
-        except (ValueError, TypeError) as exc:
+            with np.errstate(over="ignore"):  # beyond float32's range is infinity, refused below
+                x = np.asarray(tensor["data"], dtype=np.float32)
+        except (ValueError, TypeError, OverflowError) as exc:
             raise invalid(f"input {INPUT_NAME!r} data must be {DATATYPE} numbers: {exc}") from exc
         if x.size != count:
             raise invalid(f"input {INPUT_NAME!r} has {x.size} elements in 'data'; its shape {shape} needs {count}")
@@ -288,14 +325,18 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
         encoding = request.headers.get("content-encoding", "identity").lower()
         if encoding != "identity":
             raise invalid(f"compressed request bodies (Content-Encoding: {encoding}) are not supported")
-        body, binary = _split_body(await request.body(), request.headers.get(HEADER_LENGTH))
+        received = await serving.bodies.read(request)
         try:
-            loaded = await serving.resolve(ModelRef(name=name, version=_version(version)))
-        except PredictError as exc:
-            raise _unknown(name, _version(version)) if exc.kind == "not_found" else exc from None
-        x = _input_tensor(body, binary, loaded.info, serving)
-        binary_output = _binary_output(body, loaded.info)
-        outputs = await serving.predict(loaded, x)
+            body, binary = _split_body(received.data, request.headers.get(HEADER_LENGTH))
+            try:
+                loaded = await serving.resolve(ModelRef(name=name, version=_version(version)))
+            except PredictError as exc:
+                raise _unknown(name, _version(version)) if exc.kind == "not_found" else exc from None
+            x = _input_tensor(body, binary, loaded.info, serving)
+            binary_output = _binary_output(body, loaded.info)
+            outputs = await serving.predict(loaded, x)
+        finally:
+            serving.bodies.release(received)  # the model's call is over: nothing reads the binary section again
     except PredictError as exc:
         return _error(exc)
     return _answer(body, loaded, outputs, binary_output)
