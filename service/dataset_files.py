@@ -175,6 +175,8 @@ def open_zip(path: Path, what: str, limits: IngestLimits) -> zipfile.ZipFile:
             )
         names: set[str] = set()
         for info in infos:
+            if not info.filename:
+                raise DatasetFileError(f"the {what} holds an entry without a name")
             if info.filename in names:
                 raise DatasetFileError(f"the {what} holds {quoted(info.filename)} more than once")
             names.add(info.filename)

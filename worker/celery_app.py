@@ -35,6 +35,9 @@ def make_celery(settings: Settings) -> Celery:
         # default of 4 s would kill it and fork another, forever.
         worker_proc_alive_timeout=120,
         worker_concurrency=settings.worker_concurrency,
+        # A backstop for memory a job leaves behind (a library's cache, say): a pool process that has grown past
+        # this is replaced after its job, before the next one; its job's message was acknowledged already.
+        worker_max_memory_per_child=settings.worker_max_memory_bytes // 1024,
         task_soft_time_limit=settings.job_time_limit,
         task_time_limit=settings.job_time_limit + 60,
         task_publish_retry_policy={
