@@ -26,6 +26,7 @@ from sqlalchemy import (
     event,
     make_url,
 )
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 
@@ -175,7 +176,12 @@ def get_engine(url: str) -> Engine:
     engine = _engines.get(key)
     if engine is None:
         engine = _make_engine(url)
-        Base.metadata.create_all(engine)
+        try:
+            Base.metadata.create_all(engine)
+        except OperationalError:
+            # Another process (the API and a worker starting together) created a table between this one's check
+            # and its CREATE: look again, and create only what is still missing.
+            Base.metadata.create_all(engine)
         _engines[key] = engine
     return engine
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -99,17 +100,23 @@ class WorkerProcess:
         self.log = log
 
 
-@pytest.fixture(scope="session")
-def worker(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
-    """A real `trainserve worker` (Celery, prefork pool) consuming the test queue."""
-    log = tmp_path_factory.mktemp("worker") / "worker.log"
+@contextmanager
+def running_worker(settings: Settings, log: Path, **env: str) -> Iterator[WorkerProcess]:
+    """A real `trainserve worker` (Celery, prefork pool) with these settings, from ready until the block ends."""
     with log.open("wb") as out:
-        process = start_worker(settings_env(settings), out)
+        process = start_worker(settings_env(settings) | env, out)
     try:
         wait_for_log(log, " ready.", process)
         yield WorkerProcess(process, log)
     finally:
         stop_process(process)
+
+
+@pytest.fixture(scope="session")
+def worker(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    """The session's worker, consuming the test queue."""
+    with running_worker(settings, tmp_path_factory.mktemp("worker") / "worker.log") as process:
+        yield process
 
 
 @pytest.fixture(scope="session")

@@ -110,3 +110,14 @@ def test_unreachable_service_is_a_clear_error(tmp_path: Path) -> None:
     result = trainserve("http://127.0.0.1:9", "jobs")
     assert result.returncode == 2
     assert "cannot reach TrainServe at http://127.0.0.1:9" in result.stderr
+
+
+def test_names_are_shown_as_written_never_read_as_markup(live_url: str) -> None:
+    """A job named like rich markup ('[/]' once crashed `trainserve jobs`) is printed as it is."""
+    for name in ("[/]", "[bold red]loud[/bold red]"):
+        response = httpx.post(f"{live_url}/train", json=chapter_request(epochs=1) | {"name": name})
+        assert response.status_code == 202, response.text
+    listing = trainserve(live_url, "jobs", "--limit", "2")
+    assert listing.returncode == 0, listing.stderr
+    assert "[/]" in listing.stdout
+    assert "[bold red]loud[/bold red]" in listing.stdout

@@ -34,6 +34,16 @@ def test_compose_brings_up_the_whole_system() -> None:
     assert "container_name" not in worker
 
 
+def test_flower_is_opt_in_password_protected_and_on_loopback_only() -> None:
+    flower = compose()["services"]["flower"]
+    assert flower["profiles"] == ["monitoring"], "not started by a plain `docker compose up`"
+    assert flower["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?"), "no start without a password"
+    assert all(port.startswith("127.0.0.1:") for port in flower["ports"]), "published on this host's loopback only"
+    # Nothing else is published but the API.
+    published = {name for name, service in compose()["services"].items() if service.get("ports")}
+    assert published == {"api", "flower"}
+
+
 def test_dockerfile_is_slim_non_root_and_checks_health() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert "FROM python:3.11-slim" in text

@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from service.embedded import start_worker, stop_process
 from service.settings import Settings
-from tests.conftest import chapter_request, settings_env, train, wait_for_job, wait_for_log
+from tests.conftest import chapter_request, running_worker, settings_env, train, wait_for_job
 
 
 def long_job(epochs: int = 200) -> dict[str, Any]:
@@ -127,15 +126,8 @@ def test_limit_on_training_time(settings: Settings, tmp_path: Path) -> None:
     from service.api.app import create_app
 
     short = settings.model_copy(update={"job_time_limit": 2.0, "queue": "short-jobs"})
-    log = tmp_path / "worker.log"
-    with log.open("wb") as out:
-        worker = start_worker(settings_env(short) | {"TRAINSERVE_JOB_TIME_LIMIT": "2"}, out)
-    try:
-        wait_for_log(log, " ready.", worker)
-        with TestClient(create_app(short)) as client:
-            job = train(client, long_job(epochs=1000))
-    finally:
-        stop_process(worker)
+    with running_worker(short, tmp_path / "worker.log"), TestClient(create_app(short)) as client:
+        job = train(client, long_job(epochs=1000))
     assert job["status"] == "failed"
     assert job["error"] == {
         "type": "timeout",
@@ -225,6 +217,40 @@ def test_api_keys(guarded: TestClient, caplog: pytest.LogCaptureFixture) -> None
     assert response.status_code == 404
     assert "s3cret" not in caplog.text
     assert all("s3cret" not in r.getMessage() for r in caplog.records)
+    # Read-only is decided by the route, method included, not by how a path ends.
+    for method, path in (
+        ("DELETE", "/datasets/x:predict"),
+        ("DELETE", "/datasets/infer"),
+        ("POST", "/jobs/0123456789abcdef0123456789abcdef:predict"),
+    ):
+        assert guarded.request(method, path, headers=view).status_code == 403, (method, path)
+    # TF Serving's and v2's refusals are in their own format.
+    response = guarded.post("/v1/models/m:predict", json={"instances": [1]})
+    assert response.status_code == 401
+    assert response.json() == {"error": "this endpoint needs an API key: Authorization: Bearer <key>"}
+
+
+def test_an_unknown_key_scope_stops_the_service_from_starting(settings: Settings) -> None:
+    """A typo in a scope must not make a key meant to be read-only a full-access one."""
+    import subprocess
+    import sys
+
+    env = settings_env(settings) | {"TRAINSERVE_API_KEYS": "first, s3cr3t:rw"}
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "api", "--port", "1"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "TRAINSERVE_API_KEYS" in result.stderr
+    assert "API key 2 has the unknown scope 'rw'" in result.stderr
+    assert "s3cr3t" not in result.stdout + result.stderr
+
+
+def test_made_up_methods_share_one_metrics_series(client: TestClient) -> None:
+    for i in range(20):
+        client.request(f"BREW{i}", "/jobs")
+    metrics = client.get("/metrics").text
+    assert "BREW" not in metrics
+    assert 'method="other",route="/jobs"' in metrics
 
 
 def test_keys_are_not_logged_by_the_server(settings: Settings, tmp_path: Path) -> None:

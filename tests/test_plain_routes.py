@@ -38,7 +38,7 @@ def test_prediction_paths_are_answered_plainly_and_still_documented(settings: Se
         path = template.replace("{name}", "digits").replace("{version}", "2")
         route = answering_route(app, path)
         assert type(route) is PlainRoute, f"{path} goes through {type(route).__name__}"
-        assert route.path == template
+        assert route.path_format == template
     operations = app.openapi()["paths"]
     for template in PREDICTION_PATHS:
         assert "requestBody" in operations[template]["post"], template

@@ -4,6 +4,7 @@ and a worker trains against it. The server is a throwaway one from the pgserver 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -15,10 +16,9 @@ from sqlalchemy.exc import IntegrityError
 
 from service import jobs
 from service.db import JobStatus, get_engine, session_scope, utcnow
-from service.embedded import start_worker, stop_process
 from service.settings import Settings
 from service.spec import TrainRequest
-from tests.conftest import chapter_request, settings_env, train, wait_for_log
+from tests.conftest import chapter_request, running_worker, train
 
 pytestmark = pytest.mark.slow
 
@@ -111,16 +111,74 @@ def test_a_worker_trains_against_postgresql(
     settings = Settings(
         home=tmp_path, database_url=postgres_url, redis_url=redis_url, keras_cache=keras_cache, queue="postgres"
     )
-    log = tmp_path / "worker.log"
-    with log.open("wb") as out:
-        worker = start_worker(settings_env(settings), out)
-    try:
-        wait_for_log(log, " ready.", worker)
-        with TestClient(create_app(settings)) as client:
-            job = train(client, chapter_request(epochs=2))
-            assert job["status"] == "succeeded", job["error"]
-            assert [row["epoch"] for row in job["history"]] == [1, 2]
-            summary = client.get(f"/models/{job['model_id']}/summary").json()
-            assert summary["total_params"] == 7_510
-    finally:
-        stop_process(worker)
+    with running_worker(settings, tmp_path / "worker.log"), TestClient(create_app(settings)) as client:
+        job = train(client, chapter_request(epochs=2))
+        assert job["status"] == "succeeded", job["error"]
+        assert [row["epoch"] for row in job["history"]] == [1, 2]
+        summary = client.get(f"/models/{job['model_id']}/summary").json()
+        assert summary["total_params"] == 7_510
+
+
+def test_a_worker_cut_off_cannot_write_into_the_attempt_that_took_its_job_over(postgres_url: str) -> None:
+    """Worker A's lease runs out while it is stalled; B takes the job over. A's epochs, lease renewals and outcome
+    are all refused: only B's attempt writes, and the history is B's."""
+    job_id = new_job(postgres_url)
+    with session_scope(postgres_url) as session:
+        jobs.claim_job(
+            session=session, job_id=job_id, worker_id="a:1", lease_seconds=0.01, max_attempts=3, holder_alive=bool
+        )
+    with session_scope(postgres_url) as session:
+        assert jobs.record_epoch(session=session, job_id=job_id, worker_id="a:1", attempt=1, epoch=1, metrics={})
+    time.sleep(0.05)  # A's lease runs out
+    with session_scope(postgres_url) as session:
+        claim = jobs.claim_job(
+            session=session, job_id=job_id, worker_id="b:1", lease_seconds=30, max_attempts=3, holder_alive=bool
+        )
+    assert claim is jobs.Claim.CLAIMED
+    with session_scope(postgres_url) as session:
+        assert not jobs.record_epoch(
+            session=session, job_id=job_id, worker_id="a:1", attempt=1, epoch=2, metrics={"loss": 9.0}
+        )
+        assert jobs.renew_lease(session=session, job_id=job_id, worker_id="a:1", attempt=1, lease_seconds=30) == (
+            False,
+            False,
+        )
+        jobs.fail_job(session=session, job_id=job_id, worker_id="a:1", attempt=1, error_type="X", message="stale")
+        assert jobs.record_epoch(
+            session=session, job_id=job_id, worker_id="b:1", attempt=2, epoch=1, metrics={"loss": 1.0}
+        )
+    with session_scope(postgres_url) as session:
+        job = jobs.get_job(session=session, job_id=job_id)
+        assert job is not None
+        assert (job.status, job.attempts, job.worker_id, job.error_type) == (JobStatus.RUNNING, 2, "b:1", None)
+        assert jobs.job_history(session=session, job_ids=[job_id])[job_id] == [{"epoch": 1, "loss": 1.0}]
+
+
+def test_names_with_control_characters_are_refused_before_the_database(postgres_url: str, tmp_path: Path) -> None:
+    """PostgreSQL refuses NUL in text: such a name is a 422 naming the field, never a 500."""
+    from service.api.app import create_app
+
+    settings = Settings(home=tmp_path, database_url=postgres_url, redis_url="", queue="postgres-names")
+    with TestClient(create_app(settings)) as client:
+        for body, path in (
+            (chapter_request() | {"name": "job\x00name"}, "name"),
+            ({**chapter_request(), "model": {**chapter_request()["model"], "name": "m\x00"}}, "model.name"),
+        ):
+            response = client.post("/train", json=body)
+            assert response.status_code == 422, response.text
+            assert response.json()["error"]["errors"][0]["path"] == path
+        for filename in ("x" * 600 + ".csv", "a\x00b.csv"):
+            # Written by hand: HTTP clients escape a NUL in a file name, an attacker need not.
+            form = (
+                b'--b\r\nContent-Disposition: form-data; name="file"; filename="'
+                + filename.encode()
+                + b'"\r\n\r\na,label\n1,x\n2,y\n\r\n--b--\r\n'
+            )
+            response = client.post(
+                "/datasets", content=form, headers={"Content-Type": "multipart/form-data; boundary=b"}
+            )
+            assert response.status_code == 422, response.text
+            assert response.json()["error"]["errors"][0]["path"] == "file"
+        response = client.post("/datasets", files={"file": ("ok.csv", b"a,label\n1,x\n2,y\n")}, data={"name": "n\x00"})
+        assert response.status_code == 422
+        assert response.json()["error"]["errors"][0]["path"] == "name"

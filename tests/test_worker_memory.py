@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +19,15 @@ import psutil
 import pytest
 from fastapi.testclient import TestClient
 
-from service.embedded import start_worker, stop_process
 from service.settings import Settings
-from tests.conftest import FINISHED, chapter_request, settings_env, wait_for_log
+from tests.conftest import FINISHED, chapter_request, running_worker
 
 MIB = 1024 * 1024
 
 
-def _fit(layers: list[Any], x: np.ndarray[Any, Any], y: np.ndarray[Any, Any], *, ours: bool) -> dict[str, Any]:
+def _fit(
+    layers: Callable[[], list[Any]], x: np.ndarray[Any, Any], y: np.ndarray[Any, Any], *, ours: bool
+) -> dict[str, Any]:
     import keras
 
     from worker.training import train_step
@@ -92,21 +93,26 @@ def _pool_rss(worker: psutil.Process) -> int:
     return sum(child.memory_info().rss for child in worker.children(recursive=True))
 
 
+def _own(settings: Settings, home: Path, queue: str, max_memory: int) -> Settings:
+    """Settings with a database, stores and queue of their own: no other worker's reconciler sees these jobs."""
+    return Settings(
+        home=home,
+        redis_url=settings.redis_url,
+        keras_cache=settings.keras_cache,
+        queue=queue,
+        worker_max_memory_bytes=max_memory,
+    )
+
+
 @pytest.fixture(scope="module")
 def soak(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, psutil.Process]]:
     """A worker of its own (one training process, the recycling backstop far away) and the API to feed it."""
     from service.api.app import create_app
 
-    own = settings.model_copy(update={"queue": "soak", "worker_max_memory_bytes": 64 * 1024 * MIB})
-    log = tmp_path_factory.mktemp("soak") / "worker.log"
-    with log.open("wb") as out:
-        process = start_worker(settings_env(own), out)
-    try:
-        wait_for_log(log, " ready.", process)
-        with TestClient(create_app(own)) as client:
-            yield client, psutil.Process(process.pid)
-    finally:
-        stop_process(process)
+    root = tmp_path_factory.mktemp("soak")
+    own = _own(settings, root / "home", "soak", 64 * 1024 * MIB)
+    with running_worker(own, root / "worker.log") as worker, TestClient(create_app(own)) as client:
+        yield client, psutil.Process(worker.process.pid)
 
 
 def _run_jobs(client: TestClient, count: int, body: dict[str, Any], timeout: float = 600) -> list[dict[str, Any]]:
@@ -152,18 +158,11 @@ def test_a_pool_process_past_its_memory_limit_is_replaced_between_jobs(settings:
     succeeds once, with one attempt and one model."""
     from service.api.app import create_app
 
-    own = settings.model_copy(update={"queue": "recycled", "worker_max_memory_bytes": 64 * MIB})
-    log = tmp_path / "worker.log"
-    with log.open("wb") as out:
-        process = start_worker(settings_env(own), out)
-    try:
-        wait_for_log(log, " ready.", process)
-        with TestClient(create_app(own)) as client:
-            models_before = client.get("/models").json()["count"]
-            jobs = _run_jobs(client, 4, _small_job())
-            models_after = client.get("/models").json()["count"]
-    finally:
-        stop_process(process)
+    own = _own(settings, tmp_path / "home", "recycled", 64 * MIB)
+    with running_worker(own, tmp_path / "worker.log"), TestClient(create_app(own)) as client:
+        models_before = client.get("/models").json()["count"]
+        jobs = _run_jobs(client, 4, _small_job())
+        models_after = client.get("/models").json()["count"]
     assert [job["status"] for job in jobs] == ["succeeded"] * 4
     assert [job["attempts"] for job in jobs] == [1] * 4
     assert len({job["worker"] for job in jobs}) == 4, "each job in a fresh pool process"

@@ -84,7 +84,8 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, record_status)
         finally:
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            # The template as documented (`path_format`: convertors left out), never the raw path.
+            route = getattr(scope.get("route"), "path_format", None) or "unmatched"
             self.metrics.observe(scope["method"], route, status, time.perf_counter() - started)
 
 

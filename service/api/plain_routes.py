@@ -97,7 +97,7 @@ class _Lanes:
                 if match is Match.FULL:
                     scope.update(child_scope)
                     if scope.get("fastapi.telemetry") is not None:
-                        _route_selected(scope=scope, path=route.path)  # names the span, as the router does
+                        _route_selected(scope=scope, path=route.path_format)  # names the span, as the router does
                     await self.lean(scope, receive, send)
                     return
         await self.full(scope, receive, send)

@@ -158,9 +158,10 @@ class PredictRequest(BaseModel):
         json_schema_extra={"examples": [PREDICT_EXAMPLE], **exactly_one_of("model_id", "model")},
     )
 
-    model_id: str | None = Field(default=None, description="Id of a trained model; or give `model`.")
+    model_id: str | None = Field(default=None, min_length=1, description="Id of a trained model; or give `model`.")
     model: str | None = Field(
         default=None,
+        min_length=1,
         description="A model's name (its latest version) or `name@version`; or give `model_id`.",
         examples=["digits relu + adam@2"],
     )

@@ -16,6 +16,7 @@ import orjson
 from fastapi import APIRouter, Path, Query, Request, Response
 
 from service import uploads
+from service.api import links
 from service.api.dataset_schemas import DatasetList, DatasetRead, DatasetSamples
 from service.api.deps import Limit, Offset, SessionDep, SettingsDep
 from service.api.errors import ApiError, ErrorItem, item, not_found, responses, validation_error
@@ -32,6 +33,9 @@ DatasetId = Annotated[
 ]
 UPLOAD_FIELDS = frozenset({"name", "label_column", "image_size", "color_mode"})
 MAX_IMAGE_SIDE = 1024
+# height,width (or one number for both), each 1 to 1024: the schema states the same pattern.
+SIDE = "(?:[1-9][0-9]{0,2}|10[01][0-9]|102[0-4])"
+IMAGE_SIZE = re.compile(rf"^\s*({SIDE})(?:\s*[,x×]\s*({SIDE}))?\s*$")
 
 UPLOAD_FORM: dict[str, Any] = {
     "requestBody": {
@@ -41,6 +45,7 @@ UPLOAD_FORM: dict[str, Any] = {
                 "schema": {
                     "type": "object",
                     "required": ["file"],
+                    "additionalProperties": False,
                     "properties": {
                         "file": {
                             "type": "string",
@@ -48,12 +53,25 @@ UPLOAD_FORM: dict[str, Any] = {
                             "description": ".npz (x, y or x_train, y_train[, x_test, y_test][, class_names]), "
                             ".csv with a header, or .zip of class-named folders of PNG/JPEG images.",
                         },
-                        "name": {"type": "string", "description": "Default: the file's name without extension."},
-                        "label_column": {"type": "string", "default": "label", "description": ".csv: the label."},
+                        "name": {
+                            "type": "string",
+                            "maxLength": 200,
+                            "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]*$",
+                            "description": "Default: the file's name without extension.",
+                        },
+                        "label_column": {
+                            "type": "string",
+                            "default": "label",
+                            "maxLength": 256,
+                            "pattern": "\\S",
+                            "description": ".csv: the label.",
+                        },
                         "image_size": {
                             "type": "string",
                             "default": "64,64",
-                            "description": ".zip: height,width every image is resized to (or one number).",
+                            "pattern": IMAGE_SIZE.pattern,
+                            "description": f".zip: height,width every image is resized to (or one number), 1 to "
+                            f"{MAX_IMAGE_SIDE}.",
                         },
                         "color_mode": {
                             "type": "string",
@@ -95,17 +113,19 @@ def _options(fields: dict[str, str]) -> UploadOptions:
     label_column = fields.get("label_column", "label").strip()
     if not label_column:
         problems.append(item(["label_column"], "must name the label column"))
-    size_text = fields.get("image_size", "64,64").strip()
+    size_text = fields.get("image_size", "64,64")
     size: tuple[int, int] = (64, 64)
-    numbers = [int(n) for n in re.split(r"\s*[,x×]\s*", size_text) if re.fullmatch("[0-9]{1,5}", n)]
-    if len(numbers) == 1:
-        numbers *= 2
-    if len(numbers) != 2 or not all(1 <= n <= MAX_IMAGE_SIDE for n in numbers):
+    match = IMAGE_SIZE.fullmatch(size_text)
+    if match is None:
         problems.append(
-            item(["image_size"], f"expected height,width from 1 to {MAX_IMAGE_SIDE} (e.g. 28,28); got {size_text!r}")
+            item(
+                ["image_size"],
+                f"expected height,width from 1 to {MAX_IMAGE_SIDE} (e.g. 28,28); got {size_text[:40]!r}",
+            )
         )
     else:
-        size = (numbers[0], numbers[1])
+        height = int(match[1])
+        size = (height, int(match[2] or height))
     color_mode = fields.get("color_mode", "rgb").strip()
     if color_mode not in CHANNELS:
         problems.append(item(["color_mode"], f"expected one of {', '.join(CHANNELS)}; got {color_mode!r}"))
@@ -150,9 +170,11 @@ class Ingests:
     status_code=201,
     response_model=DatasetRead,
     responses={
+        201: {"links": links.of_dataset("/dataset_id")},
         200: {
             "model": DatasetRead,
             "description": "These bytes were uploaded before (read the same way): that dataset.",
+            "links": links.of_dataset("/dataset_id"),
         },
         **responses(400, 413, 415, 422),
     },

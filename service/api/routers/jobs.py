@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response
 
 from service import jobs
+from service.api import links
 from service.api.deps import Limit, Offset, SessionDep
 from service.api.errors import ApiError, not_found, responses
 from service.api.schemas import JobList, JobRead
@@ -30,7 +31,11 @@ def list_jobs(
     return JobList(data=[JobRead.from_row(row, history[row.id]) for row in rows], count=count)
 
 
-@router.get("/{job_id}", response_model=JobRead, responses=responses(404))
+@router.get(
+    "/{job_id}",
+    response_model=JobRead,
+    responses={**responses(404), 200: {"links": links.of_model("/model_id", "/name")}},
+)
 def get_job(job_id: JobId, session: SessionDep) -> JobRead:
     job = jobs.get_job(session=session, job_id=job_id)
     if job is None:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import FileResponse, PlainTextResponse
 
 from service import jobs
+from service.api import links
 from service.api.deps import Limit, Offset, SessionDep, SettingsDep
 from service.api.errors import ApiError, not_found, responses
 from service.api.schemas import ModelList, ModelRead, ModelSummary
@@ -26,7 +27,11 @@ def _model(session: SessionDep, model_id: str) -> ModelRow:
     return row
 
 
-@router.get("", response_model=ModelList, responses=responses(422))
+@router.get(
+    "",
+    response_model=ModelList,
+    responses={**responses(422), 200: {"links": links.of_model("/data/0/model_id", "/data/0/name")}},
+)
 def list_models(
     session: SessionDep,
     limit: Limit = 50,
@@ -37,7 +42,11 @@ def list_models(
     return ModelList(data=[ModelRead.from_row(row) for row in rows], count=count)
 
 
-@router.get("/{model_id}", response_model=ModelRead, responses=responses(404))
+@router.get(
+    "/{model_id}",
+    response_model=ModelRead,
+    responses={**responses(404), 200: {"links": links.of_model("/model_id", "/name")}},
+)
 def get_model(model_id: ModelId, session: SessionDep) -> ModelRead:
     return ModelRead.from_row(_model(session, model_id))
 

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Path, Request, Response
+from starlette.convertors import Convertor, register_url_convertor
 
 from service.api.deps import ServingDep
 from service.api.predictor import (
@@ -32,7 +33,30 @@ router = APIRouter(prefix="/v1/models", tags=["TensorFlow Serving"])
 STATUS = {"not_found": 404, "invalid_input": 400, "too_many_instances": 413, "store_error": 500}
 SIGNATURE = "serving_default"
 
-Name = Annotated[str, Path(description="The model's name.")]
+
+class ServableName(Convertor[str]):
+    """A model's name in a TF Serving path: anything but '/' and ':', which ends it in ``/v1/models/{name}:predict``
+    (so ``GET /v1/models/m:predict`` is no model's status)."""
+
+    regex = "[^/:]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+class ServableVersion(ServableName):
+    """A version in a TF Serving path: digits (so ``GET /v1/models/m/versions/1:predict`` is no version's status)."""
+
+    regex = "[0-9]+"
+
+
+register_url_convertor("servable", ServableName())
+register_url_convertor("servable_version", ServableVersion())
+
+Name = Annotated[str, Path(description="The model's name (in these paths, without ':').", pattern="^[^/:]+$")]
 Version = Annotated[str, Path(description="A version of that name: 1, 2, 3…", pattern=VERSION_PATTERN)]
 
 ERROR = {"content": {"application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}}}}}}
@@ -147,24 +171,24 @@ def _newest_metadata(infos: list[ModelInfo]) -> dict[str, Any]:
     return _metadata(infos[0])
 
 
-@router.get("/{name}", responses=RESPONSES)
+@router.get("/{name:servable}", responses=RESPONSES)
 async def model_status(name: Name, serving: ServingDep) -> Response:
     """The model's versions, each `AVAILABLE` (any version is loaded on its first request)."""
     return await _about(serving, name, None, _statuses)
 
 
-@router.get("/{name}/versions/{version}", responses=RESPONSES)
+@router.get("/{name:servable}/versions/{version:servable_version}", responses=RESPONSES)
 async def version_status(name: Name, version: Version, serving: ServingDep) -> Response:
     return await _about(serving, name, version, _statuses)
 
 
-@router.get("/{name}/metadata", responses=RESPONSES)
+@router.get("/{name:servable}/metadata", responses=RESPONSES)
 async def model_metadata(name: Name, serving: ServingDep) -> Response:
     """The `serving_default` signature: input `input` and output `output`, float32, batch first."""
     return await _about(serving, name, None, _newest_metadata)
 
 
-@router.get("/{name}/versions/{version}/metadata", responses=RESPONSES)
+@router.get("/{name:servable}/versions/{version:servable_version}/metadata", responses=RESPONSES)
 async def version_metadata(name: Name, version: Version, serving: ServingDep) -> Response:
     return await _about(serving, name, version, _newest_metadata)
 
@@ -227,14 +251,16 @@ async def _predict(request: Request, name: str, version: str | None) -> Response
         return _error(STATUS[exc.kind], exc.message)
 
 
-@router.post("/{name}:predict", responses=RESPONSES, openapi_extra=PREDICT_BODY)
+@router.post("/{name:servable}:predict", responses=RESPONSES, openapi_extra=PREDICT_BODY)
 async def predict(name: Name, request: Request) -> Response:
     """Predict with the latest version: `{"instances": [...]}` → `{"predictions": [...]}`, or
     `{"inputs": ...}` → `{"outputs": ...}`."""
     return await _predict(request, name, None)
 
 
-@router.post("/{name}/versions/{version}:predict", responses=RESPONSES, openapi_extra=PREDICT_BODY)
+@router.post(
+    "/{name:servable}/versions/{version:servable_version}:predict", responses=RESPONSES, openapi_extra=PREDICT_BODY
+)
 async def predict_version(name: Name, version: Version, request: Request) -> Response:
     """Predict with one version of the model."""
     return await _predict(request, name, version)

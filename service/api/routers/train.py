@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service import jobs, uploads
+from service.api import links
 from service.api.deps import CeleryDep, SessionDep, SettingsDep
 from service.api.errors import ApiError, invalid_body, item, parse_json_body, responses, validation_error
 from service.api.schemas import JobCreated
@@ -103,23 +104,7 @@ TRAIN_BODY: dict[str, Any] = {
     response_model=JobCreated,
     responses={
         **responses(409, 413, 422, 503),
-        202: {
-            "model": JobCreated,
-            "links": {
-                "GetJob": {
-                    "operationId": "get_job_jobs__job_id__get",
-                    "parameters": {"job_id": "$response.body#/job_id"},
-                },
-                "FollowJob": {
-                    "operationId": "job_events_jobs__job_id__events_get",
-                    "parameters": {"job_id": "$response.body#/job_id"},
-                },
-                "CancelJob": {
-                    "operationId": "cancel_job_jobs__job_id__cancel_post",
-                    "parameters": {"job_id": "$response.body#/job_id"},
-                },
-            },
-        },
+        202: {"model": JobCreated, "links": links.of_job("/job_id")},
     },
     summary="Queue a training job",
     openapi_extra=TRAIN_BODY,
