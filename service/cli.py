@@ -142,7 +142,7 @@ def jobs_command(
     api_key: ApiKey = None,
 ) -> None:
     """List jobs, newest first."""
-    params: dict[str, str | int] = {"limit": limit, **({"status": status} if status else {})}
+    params: dict[str, str | int] = {"limit": limit, "history": "last", **({"status": status} if status else {})}
     _run(lambda: Console().print(jobs_table(_client(url, api_key).json("GET", "/jobs", params=params))))
 
 

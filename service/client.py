@@ -20,6 +20,7 @@ from rich.text import Text
 
 # `trainserve train --watch` exits with the job's outcome.
 EXIT_CODES = {"succeeded": 0, "failed": 1, "cancelled": 3}
+FINISHED = frozenset(EXIT_CODES)
 EXIT_REFUSED = 2
 
 
@@ -51,9 +52,11 @@ class Client:
         return self.request(method, path, **kwargs).json()
 
     def events(self, job_id: str) -> Iterator[tuple[str, dict[str, Any]]]:
-        """A job's (event, data) pairs until it ends, reconnecting with Last-Event-ID if the stream drops."""
+        """A job's (event, data) pairs until it ends, reconnecting with Last-Event-ID if the stream drops or the
+        service ends it before the job (streams last at most TRAINSERVE_EVENT_STREAM_MAX_SECONDS)."""
         last_id: str | None = None
-        for attempt in range(30):
+        attempt = 0
+        while attempt < 30:
             headers = {"Last-Event-ID": last_id} if last_id else {}
             try:
                 with self._http() as http, http.stream("GET", f"/jobs/{job_id}/events", headers=headers) as r:
@@ -65,7 +68,10 @@ class Client:
                         if line == "":
                             if event:
                                 last_id = event_id or last_id
-                                yield event, json.loads(data)
+                                payload = json.loads(data)
+                                yield event, payload
+                                if event == "status" and payload.get("status") in FINISHED:
+                                    return
                             event, data, event_id = "", "", None
                         elif line.startswith("event:"):
                             event = line[6:].strip()
@@ -73,9 +79,10 @@ class Client:
                             data += line[5:].strip()
                         elif line.startswith("id:"):
                             event_id = line[3:].strip()
-                return
+                attempt = 0  # the service ended the stream before the job: go on at once
             except (httpx.TransportError, httpx.StreamError):
-                time.sleep(min(0.5 * (attempt + 1), 5))
+                attempt += 1
+                time.sleep(min(0.5 * attempt, 5))
         raise ClientError(f"lost the event stream of job {job_id}")
 
 

@@ -60,6 +60,30 @@ def job_history(*, session: Session, job_ids: Sequence[str]) -> dict[str, list[d
     return history
 
 
+def count_epochs(*, session: Session, job_ids: Sequence[str]) -> int:
+    if not job_ids:
+        return 0
+    return int(session.scalar(select(func.count()).select_from(EpochRow).where(EpochRow.job_id.in_(job_ids))) or 0)
+
+
+def last_epochs(*, session: Session, job_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """Each job's last finished epoch alone (an empty list before its first)."""
+    history: dict[str, list[dict[str, Any]]] = {job_id: [] for job_id in job_ids}
+    if job_ids:
+        last = (
+            select(EpochRow.job_id, func.max(EpochRow.epoch).label("epoch"))
+            .where(EpochRow.job_id.in_(job_ids))
+            .group_by(EpochRow.job_id)
+            .subquery()
+        )
+        rows = session.scalars(
+            select(EpochRow).join(last, (EpochRow.job_id == last.c.job_id) & (EpochRow.epoch == last.c.epoch))
+        )
+        for row in rows:
+            history[row.job_id] = [{"epoch": row.epoch, **row.metrics}]
+    return history
+
+
 class Claim(enum.Enum):
     CLAIMED = "claimed"  # this worker runs the job now
     NOT_CLAIMABLE = "not_claimable"  # ended, cancelled, or running under a live lease elsewhere

@@ -272,3 +272,28 @@ def test_keys_are_not_logged_by_the_server(settings: Settings, tmp_path: Path) -
     text = log.read_text()
     assert "GET /jobs" in text
     assert "s3cret" not in text
+
+
+def test_a_list_of_jobs_carries_a_bounded_answer(settings: Settings, tmp_path: Path) -> None:
+    """Long histories make a page of jobs large: past TRAINSERVE_MAX_RESPONSE_BYTES it is a 422 naming the limit
+    that fits; `history=last` (what a list shows) answers each job's last epoch."""
+    from service import jobs
+    from service.api.app import create_app
+    from service.db import EpochRow, session_scope
+    from service.spec import TrainRequest
+
+    small = Settings(home=tmp_path, redis_url=settings.redis_url, max_response_bytes=1024 * 1024)
+    with TestClient(create_app(small)) as client:
+        with session_scope(small.database_url) as session:
+            for _ in range(2):
+                job = jobs.create_job(session=session, request=TrainRequest.model_validate(chapter_request()))
+                session.add_all(
+                    EpochRow(job_id=job.id, epoch=e, metrics={"loss": 1 / e, "accuracy": 0.5}) for e in range(1, 1001)
+                )
+        error = error_of(client.get("/jobs"), 422)
+        assert error["errors"][0]["path"] == "query.limit"
+        assert "TRAINSERVE_MAX_RESPONSE_BYTES" in error["message"]
+        assert "limit=1" in error["message"]
+        assert client.get("/jobs", params={"limit": 1}).status_code == 200
+        last = client.get("/jobs", params={"history": "last"}).json()["data"]
+        assert [job["history"] for job in last] == [[{"epoch": 1000, "loss": 0.001, "accuracy": 0.5}]] * 2

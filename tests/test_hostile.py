@@ -446,3 +446,20 @@ def test_crafted_predict_bodies_are_refused_in_each_protocols_format(hostile: Ho
         assert v2.status_code == 400, v2.text
         assert "shape" in v2.json()["error"]
     hostile.assert_alive()
+
+
+def test_a_client_follows_a_job_across_streams_the_service_ends(hostile: Hostile) -> None:
+    """Streams here last 3 s; a job that trains longer is followed to its end over several, each epoch once."""
+    from service.client import Client
+
+    body = chapter_request(epochs=25)
+    body["fit"]["batch_size"] = 4
+    with hostile.http() as http:
+        job_id = http.post("/train", json=body).json()["job_id"]
+    started = time.monotonic()
+    events = list(Client(url=hostile.url).events(job_id))
+    assert time.monotonic() - started > 3, "the job outlived one stream"
+    epochs = [data["epoch"] for event, data in events if event == "epoch"]
+    assert epochs == list(range(1, 26))
+    assert events[-1][0] == "status"
+    assert events[-1][1]["status"] == "succeeded"

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Response
 
 from service import jobs
 from service.api import links
-from service.api.deps import Limit, Offset, SessionDep
-from service.api.errors import ApiError, not_found, responses
+from service.api.deps import Limit, Offset, SessionDep, SettingsDep
+from service.api.errors import ApiError, item, not_found, responses, validation_error
 from service.api.schemas import JobList, JobRead
 from service.db import ID_PATTERN, JobStatus
 
@@ -18,17 +18,43 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 JobId = Annotated[str, Path(description="Job id as returned by POST /train.", pattern=ID_PATTERN)]
 
 
+# What one epoch's row takes in an answer, at most as this service writes them (loss, ten metrics, their val_*).
+EPOCH_ROW_BYTES = 600
+
+
 @router.get("", response_model=JobList, responses=responses(422))
 def list_jobs(
     session: SessionDep,
+    settings: SettingsDep,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
     limit: Limit = 50,
     offset: Offset = 0,
+    history: Annotated[
+        Literal["all", "last"],
+        Query(description="Each job's whole history, or only its last epoch (what a list shows)."),
+    ] = "all",
 ) -> JobList:
-    """Jobs, newest first."""
+    """Jobs, newest first. With `history=all` a page may carry at most `TRAINSERVE_MAX_RESPONSE_BYTES` of epochs
+    (422 naming the `limit` that fits)."""
     rows, count = jobs.list_jobs(session=session, status=status, limit=limit, offset=offset)
-    history = jobs.job_history(session=session, job_ids=[row.id for row in rows])
-    return JobList(data=[JobRead.from_row(row, history[row.id]) for row in rows], count=count)
+    ids = [row.id for row in rows]
+    if history == "last":
+        histories = jobs.last_epochs(session=session, job_ids=ids)
+    else:
+        epochs = jobs.count_epochs(session=session, job_ids=ids)
+        if epochs * EPOCH_ROW_BYTES > settings.max_response_bytes:
+            fits = max(1, len(ids) * settings.max_response_bytes // (epochs * EPOCH_ROW_BYTES))
+            raise validation_error(
+                [
+                    item(
+                        ["query", "limit"],
+                        f"these {len(ids)} jobs have {epochs:,} epochs of history, more than one answer carries "
+                        f"(TRAINSERVE_MAX_RESPONSE_BYTES); ask for limit={fits}, or history=last",
+                    )
+                ]
+            )
+        histories = jobs.job_history(session=session, job_ids=ids)
+    return JobList(data=[JobRead.from_row(row, histories[row.id]) for row in rows], count=count)
 
 
 @router.get(

@@ -22,7 +22,7 @@ export async function queueOptimizerComparison(epochs) {
 }
 
 async function picker(view) {
-  const list = await api("/jobs?limit=100");
+  const list = await api("/jobs?limit=100&history=last");
   const chosen = new Set();
   const go = el("button", { class: "primary", disabled: true, text: "Compare" });
   go.addEventListener("click", () => (location.hash = `#/compare?jobs=${[...chosen].join(",")}`));

@@ -96,7 +96,7 @@ export async function render(view) {
   async function refresh() {
     clearTimeout(timer);
     try {
-      const list = await api("/jobs?limit=100");
+      const list = await api("/jobs?limit=100&history=last");
       if (stopped) return;
       errors.replaceChildren();
       body.replaceChildren(...list.data.map(row));
