@@ -168,27 +168,28 @@ class BodyGuard:
         self.app = app
         self.max_bytes = max_bytes
         self.uploads = uploads
+        self.upload_methods = frozenset(m for route in uploads for m in getattr(route, "methods", None) or ())
         self.upload_max_bytes = upload_max_bytes
-        self.upload_file_bytes = upload_file_bytes
         self.budget = budget
         self.timeout = timeout
+        self.messages = {
+            True: f"the file is larger than the upload limit of {upload_file_bytes:,} bytes "
+            f"(TRAINSERVE_MAX_UPLOAD_BYTES)",
+            False: f"the request body is larger than {max_bytes:,} bytes, this service's limit "
+            f"(TRAINSERVE_MAX_REQUEST_BYTES)",
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        upload = matches_any(self.uploads, scope)
+        length, chunked = _framing(scope)
+        if length == 0 or (length is None and not chunked):
+            await self.app(scope, receive, send)  # no body to guard
+            return
+        upload = scope["method"] in self.upload_methods and matches_any(self.uploads, scope)
         limit = self.upload_max_bytes if upload else self.max_bytes
-        if upload:
-            too_large = (
-                f"the file is larger than the upload limit of {self.upload_file_bytes:,} bytes "
-                f"(TRAINSERVE_MAX_UPLOAD_BYTES)"
-            )
-        else:
-            too_large = (
-                f"the request body is larger than {limit:,} bytes, this service's limit (TRAINSERVE_MAX_REQUEST_BYTES)"
-            )
-        length = _content_length(scope)
+        too_large = self.messages[upload]
         if length is not None and length > limit:
             await reply(scope, send, 413, "payload_too_large", too_large)
             return
@@ -200,7 +201,7 @@ class BodyGuard:
             charged = length
         budget = None if upload or charged else self.budget
         received = 0
-        complete = length == 0 or (scope["method"] in ("GET", "HEAD") and length is None)
+        complete = False
 
         async def guarded_receive() -> Message:
             nonlocal received, charged, complete
@@ -243,8 +244,12 @@ def _busy_message(budget: InflightBudget) -> str:
     )
 
 
-def _content_length(scope: Scope) -> int | None:
+def _framing(scope: Scope) -> tuple[int | None, bool]:
+    """The body's Content-Length, if it has one, and whether it is sent in chunks instead."""
+    length, chunked = None, False
     for name, value in scope["headers"]:
         if name == b"content-length":
-            return int(value) if value.isdigit() else None
-    return None
+            length = int(value) if value.isdigit() else None
+        elif name == b"transfer-encoding":
+            chunked = True
+    return length, chunked
