@@ -90,6 +90,19 @@ def worker(
     )
 
 
+db = typer.Typer(help="The database's schema: its migrations (the API and workers apply pending ones at start).")
+app.add_typer(db, name="db")
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply the migrations the database (TRAINSERVE_DATABASE_URL) has not had yet, and print its revision."""
+    from service.db import get_engine, migrate
+
+    _logging()
+    print(f"database at revision {migrate(get_engine(get_settings().database_url))}")
+
+
 Url = Annotated[str, typer.Option("--url", envvar="TRAINSERVE_URL", help="The running service.", show_default=True)]
 ApiKey = Annotated[
     str | None, typer.Option("--api-key", envvar="TRAINSERVE_API_KEY", help="Sent as Authorization: Bearer.")

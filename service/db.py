@@ -1,8 +1,15 @@
-"""Database tables and engine. The database is the source of truth for jobs and models."""
+"""Database tables, the engine and the session factory. The database is the source of truth for jobs and models.
+
+Its schema is Alembic's (``service/migrations``): the first time a process uses a database, the migrations it has
+not had yet are applied, one process at a time, and a database written before there were migrations is taken for
+the first revision. ``trainserve db upgrade`` does the same on demand.
+"""
 
 from __future__ import annotations
 
 import enum
+import fcntl
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -13,6 +20,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Dialect,
     Engine,
@@ -24,10 +32,13 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
     make_url,
+    text,
 )
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+log = logging.getLogger(__name__)
 
 
 class JobStatus(enum.StrEnum):
@@ -136,7 +147,7 @@ class ModelRow(Base):
     keras_names: Mapped[dict[str, Any]]
     path: Mapped[str] = mapped_column(String(500))
     sha256: Mapped[str] = mapped_column(String(64))
-    size_bytes: Mapped[int]
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
@@ -163,27 +174,90 @@ class DatasetRow(Base):
     stats: Mapped[dict[str, Any]]
     path: Mapped[str] = mapped_column(String(500))
     file_sha256: Mapped[str] = mapped_column(String(64))
-    size_bytes: Mapped[int]
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
+# Upper bounds (seconds) of the epoch-duration histogram that /metrics shows; the last bucket holds the rest.
+EPOCH_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
+EPOCH_BUCKET_LABELS = (*(f"{bound:g}" for bound in EPOCH_BUCKETS), "+Inf")
+
+
+class EpochDurationRow(Base):
+    """How many epochs took how long (one row per histogram bucket, counted as each epoch is recorded): the
+    histogram costs a dozen rows to read however long the history grows."""
+
+    __tablename__ = "epoch_durations"
+
+    le: Mapped[str] = mapped_column(String(16), primary_key=True)
+    epochs: Mapped[int] = mapped_column(BigInteger)
+    seconds: Mapped[float]
+
+
+def epoch_bucket(seconds: float) -> str:
+    """The label of the first bucket an epoch of this duration fits."""
+    for bound, label in zip(EPOCH_BUCKETS, EPOCH_BUCKET_LABELS, strict=False):
+        if seconds <= bound:
+            return label
+    return "+Inf"
+
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+# The revision a database written before migrations is taken for: its tables are that revision's.
+FIRST_REVISION = "0001"
+
 _engines: dict[tuple[int, str], Engine] = {}
+_sessions: dict[tuple[int, str], sessionmaker[Session]] = {}
 
 
 def get_engine(url: str) -> Engine:
-    """One engine per process and URL: an engine (its pool) must never cross a fork."""
+    """One engine per process and URL (an engine, its pool, must never cross a fork), on a database with every
+    migration applied."""
     key = (os.getpid(), url)
     engine = _engines.get(key)
     if engine is None:
         engine = _make_engine(url)
-        try:
-            Base.metadata.create_all(engine)
-        except OperationalError:
-            # Another process (the API and a worker starting together) created a table between this one's check
-            # and its CREATE: look again, and create only what is still missing.
-            Base.metadata.create_all(engine)
+        migrate(engine)
         _engines[key] = engine
     return engine
+
+
+def migrate(engine: Engine) -> str:
+    """Apply the migrations the database has not had yet; returns its revision. Processes starting together take
+    turns (an advisory lock on PostgreSQL, a file lock beside a SQLite file)."""
+    from alembic import command
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with _migration_lock(engine), engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(hashtext('trainserve-migrations'))"))
+        tables = set(inspect(connection).get_table_names())
+        config.attributes["connection"] = connection
+        if "alembic_version" not in tables and "jobs" in tables:
+            command.stamp(config, FIRST_REVISION)
+        before = MigrationContext.configure(connection).get_current_revision()
+        command.upgrade(config, "head")
+        revision = MigrationContext.configure(connection).get_current_revision()
+    if revision != before:
+        log.info("database %s upgraded from revision %s to %s", engine.url.render_as_string(), before, revision)
+    return str(revision)
+
+
+@contextmanager
+def _migration_lock(engine: Engine) -> Iterator[None]:
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.migrations.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _make_engine(url: str) -> Engine:
@@ -207,7 +281,12 @@ def _make_engine(url: str) -> Engine:
 
 
 def session_factory(url: str) -> sessionmaker[Session]:
-    return sessionmaker(get_engine(url), expire_on_commit=False)
+    """One session factory per process and URL."""
+    key = (os.getpid(), url)
+    factory = _sessions.get(key)
+    if factory is None:
+        factory = _sessions[key] = sessionmaker(get_engine(url), expire_on_commit=False)
+    return factory
 
 
 @contextmanager

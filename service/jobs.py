@@ -11,7 +11,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from service import registry
-from service.db import EpochRow, JobRow, JobStatus, ModelRow, utcnow
+from service.db import EpochDurationRow, EpochRow, JobRow, JobStatus, ModelRow, epoch_bucket, utcnow
 from service.spec import TrainRequest
 
 
@@ -202,6 +202,12 @@ def record_epoch(
     if not _changed(moved):
         return False
     session.add(EpochRow(job_id=job_id, epoch=epoch, metrics=metrics, seconds=seconds))
+    if seconds is not None:
+        session.execute(
+            update(EpochDurationRow)
+            .where(EpochDurationRow.le == epoch_bucket(seconds))
+            .values(epochs=EpochDurationRow.epochs + 1, seconds=EpochDurationRow.seconds + seconds)
+        )
     return True
 
 
@@ -346,10 +352,11 @@ def release_orphan(*, session: Session, job: JobRow, max_attempts: int) -> JobSt
     return target if _changed(done) else None
 
 
-def undispatched_jobs(*, session: Session, sent_before: datetime) -> Sequence[JobRow]:
-    """Queued jobs whose message was sent (or should have been) before ``sent_before``."""
+def undispatched_jobs(*, session: Session, sent_before: datetime, limit: int) -> Sequence[JobRow]:
+    """Queued jobs whose message was sent (or should have been) before ``sent_before``, oldest first."""
     sent = func.coalesce(JobRow.dispatched_at, JobRow.created_at)
-    return session.scalars(select(JobRow).where(JobRow.status == JobStatus.QUEUED, sent < sent_before)).all()
+    query = select(JobRow).where(JobRow.status == JobStatus.QUEUED, sent < sent_before).order_by(sent).limit(limit)
+    return session.scalars(query).all()
 
 
 def claim_redispatch(*, session: Session, job: JobRow) -> bool:

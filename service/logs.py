@@ -64,3 +64,5 @@ def configure_logging(level: str, fmt: str) -> None:
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+    # Alembic narrates every start at INFO; service.db says when a migration ran.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))

@@ -56,6 +56,19 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A throwaway PostgreSQL server (the pgserver wheel) with an empty database."""
+    pgserver = pytest.importorskip("pgserver")
+    server = pgserver.get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="stop")
+    try:
+        server.psql("CREATE DATABASE trainserve;")
+        uri: str = server.get_uri("trainserve")
+        yield uri.replace("postgresql://", "postgresql+psycopg2://", 1)
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
 def keras_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("keras-home")
     # Keras' cache layout with a small learnable Fashion-MNIST: keras.datasets.fashion_mnist loads it offline.

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,18 +20,6 @@ from service.spec import TrainRequest
 from tests.conftest import chapter_request, running_worker, train
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    pgserver = pytest.importorskip("pgserver")
-    server = pgserver.get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="stop")
-    try:
-        server.psql("CREATE DATABASE trainserve;")
-        uri: str = server.get_uri("trainserve")
-        yield uri.replace("postgresql://", "postgresql+psycopg2://", 1)
-    finally:
-        server.cleanup()
 
 
 def new_job(url: str) -> str:

@@ -200,7 +200,7 @@ def test_redis_restart_keeps_queued_jobs_and_nothing_is_sent_twice(api: TestClie
     cluster.restart_redis(keep_data=True)
     assert cluster.queue_length() == 2, "the append-only file kept the queued messages"
     time.sleep(cluster.settings.lease_seconds + 0.5)  # past the reconciler's grace period
-    report = reconcile(cluster.settings, api.app.state.celery)  # type: ignore[attr-defined]
+    report = reconcile(cluster.settings, api.app.state.queue)  # type: ignore[attr-defined]
     assert report.redispatched == []
     assert cluster.queue_length() == 2, "messages still in Redis are not sent again"
 
@@ -215,10 +215,10 @@ def test_redis_restarted_empty_lost_messages_are_sent_again(api: TestClient, clu
     assert cluster.queue_length() == 0, "Redis came back without the queued messages"
 
     time.sleep(cluster.settings.lease_seconds + 0.5)
-    report = reconcile(cluster.settings, api.app.state.celery)  # type: ignore[attr-defined]
+    report = reconcile(cluster.settings, api.app.state.queue)  # type: ignore[attr-defined]
     assert sorted(report.redispatched) == sorted(job_ids)
     assert cluster.queue_length() == 2
-    again = reconcile(cluster.settings, api.app.state.celery)  # type: ignore[attr-defined]
+    again = reconcile(cluster.settings, api.app.state.queue)  # type: ignore[attr-defined]
     assert again.redispatched == [], "a second round finds the messages and sends nothing"
 
     cluster.start_workers()

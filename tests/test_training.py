@@ -12,9 +12,9 @@ from fastapi.testclient import TestClient
 from sklearn.datasets import load_digits
 
 from service.datasets import FASHION_MNIST_CLASSES
+from service.queue import TRAIN_TASK
 from service.settings import Settings
 from tests.conftest import WorkerProcess, chapter_model_in_keras, chapter_request, printed_summary, train, wait_for_job
-from worker.dispatch import TRAIN_TASK
 
 pytestmark = pytest.mark.slow
 
@@ -258,7 +258,7 @@ def test_a_redelivered_message_never_trains_twice(client: TestClient) -> None:
     """Celery delivers at least once: a second message for a finished job must not train it again."""
     job = train(client, chapter_request(epochs=2))
     models_before = client.get("/models").json()["count"]
-    app_celery = client.app.state.celery  # type: ignore[attr-defined]
+    app_celery = client.app.state.queue.celery  # type: ignore[attr-defined]
     app_celery.send_task(TRAIN_TASK, args=[job["job_id"]])
     app_celery.send_task(TRAIN_TASK, args=[job["job_id"]])
     marker = train(client, chapter_request(epochs=1))  # queued behind both: once it ends, they have run

@@ -37,9 +37,9 @@ from service.api.routers import (
     v2,
 )
 from service.db import get_engine
+from service.queue import JobQueue
 from service.settings import Settings, get_settings
 from service.spec import TrainRequest
-from worker.celery_app import make_celery
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def create_app(settings: Settings | None = None) -> TrainServeAPI:
         },
     )
     app.state.settings = settings
-    app.state.celery = make_celery(settings)
+    app.state.queue = JobQueue(settings)
     app.state.serving = Serving(settings)
     errors.install(app)
     routers = [
@@ -109,7 +109,7 @@ def create_app(settings: Settings | None = None) -> TrainServeAPI:
         v2.infer_version,
     ]
     # Outermost last: the key is checked before the body is read.
-    app.state.metrics = Metrics(settings, app.state.serving)
+    app.state.metrics = Metrics(settings, app.state.serving, app.state.queue)
     app.add_middleware(
         BodyGuard,
         max_bytes=settings.max_request_bytes,

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from celery import Celery
 from fastapi import Depends, Query, Request
 from sqlalchemy.orm import Session
 
 from service.api.predictor import Serving
 from service.db import session_factory
+from service.queue import JobQueue
 from service.settings import Settings
 
 
@@ -27,9 +27,9 @@ def get_session(request: Request) -> Iterator[Session]:
         session.close()
 
 
-def get_celery(request: Request) -> Celery:
-    celery: Celery = request.app.state.celery
-    return celery
+def get_queue(request: Request) -> JobQueue:
+    queue: JobQueue = request.app.state.queue
+    return queue
 
 
 def get_serving(request: Request) -> Serving:
@@ -45,5 +45,5 @@ Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="How many to skip
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
-CeleryDep = Annotated[Celery, Depends(get_celery)]
+QueueDep = Annotated[JobQueue, Depends(get_queue)]
 ServingDep = Annotated[Serving, Depends(get_serving)]

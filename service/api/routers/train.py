@@ -7,7 +7,6 @@ import json
 import logging
 from typing import TYPE_CHECKING, Annotated, Any
 
-from celery import Celery
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
@@ -16,14 +15,14 @@ from sqlalchemy.orm import Session
 
 from service import jobs, uploads
 from service.api import links
-from service.api.deps import CeleryDep, SessionDep, SettingsDep
+from service.api.deps import QueueDep, SessionDep, SettingsDep
 from service.api.errors import ApiError, invalid_body, item, parse_json_body, responses, validation_error
 from service.api.schemas import JobCreated
 from service.db import JobRow, JobStatus
 from service.examples import openapi_examples
+from service.queue import JobQueue
 from service.settings import Settings
 from service.spec import TrainRequest
-from worker.dispatch import send_train
 
 if TYPE_CHECKING:
     from service.keras_build import DryBuild
@@ -114,7 +113,7 @@ async def train(
     response: Response,
     session: SessionDep,
     settings: SettingsDep,
-    celery: CeleryDep,
+    queue: QueueDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -132,7 +131,7 @@ async def train(
         spec = TrainRequest.model_validate(body)
     except ValidationError as exc:
         raise invalid_body(exc, body) from exc
-    return await run_in_threadpool(_submit, spec, response, session, settings, celery, idempotency_key)
+    return await run_in_threadpool(_submit, spec, response, session, settings, queue, idempotency_key)
 
 
 def _submit(
@@ -140,7 +139,7 @@ def _submit(
     response: Response,
     session: Session,
     settings: Settings,
-    celery: Celery,
+    queue: JobQueue,
     idempotency_key: str | None,
 ) -> JobCreated:
     request_sha256 = _request_hash(request)
@@ -163,7 +162,7 @@ def _submit(
             raise
         return _replay(earlier, request_sha256, idempotency_key or "", response)
     try:
-        send_train(celery, job.id)
+        queue.send(job.id)
     except Exception as exc:
         # Not queued means not accepted: remove the record rather than leave a job nobody will run.
         log.error("could not queue job %s: %s", job.id, exc)

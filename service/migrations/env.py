@@ -1,0 +1,30 @@
+"""Alembic's entry point: migrations run on the connection ``service.db.migrate`` hands over (or, from Alembic's own
+command line, on the database of TRAINSERVE_DATABASE_URL)."""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import Connection
+
+from service.db import Base, get_engine
+from service.settings import get_settings
+
+
+def run(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=Base.metadata,
+        # SQLite alters a table by copying it: Alembic's batch mode does that.
+        render_as_batch=connection.dialect.name == "sqlite",
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+connection = context.config.attributes.get("connection")
+if connection is not None:
+    run(connection)
+else:
+    with get_engine(get_settings().database_url).connect() as own:
+        run(own)
