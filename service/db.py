@@ -11,6 +11,7 @@ import enum
 import fcntl
 import logging
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,12 +57,18 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-# Job and model ids: 32 lowercase hex digits (a UUID4 without dashes).
+# Job, model and dataset ids: 32 lowercase hex digits (a UUID4 without dashes).
 ID_PATTERN = r"^[0-9a-f]{32}$"
+_ID = re.compile(ID_PATTERN)
 
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+def is_id(text: str) -> bool:
+    """Whether ``text`` is an id as this service writes them (so it may name a file in a store)."""
+    return _ID.fullmatch(text) is not None
 
 
 class UTCDateTime(TypeDecorator[datetime]):

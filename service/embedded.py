@@ -158,8 +158,8 @@ def embedded_backend(settings: Settings) -> Iterator[Backend]:
             "TRAINSERVE_HOME": str(settings.home),
             "TRAINSERVE_REDIS_URL": settings.redis_url,
             "TRAINSERVE_DATABASE_URL": settings.database_url,
-            "TRAINSERVE_MODEL_STORE": str(settings.store_dir),
-            "TRAINSERVE_DATASET_STORE": str(settings.datasets_dir),
+            "TRAINSERVE_MODEL_STORE": str(settings.model_store),
+            "TRAINSERVE_DATASET_STORE": str(settings.dataset_store),
         }
         processes.append(start_worker(env))
         yield Backend(settings, processes)

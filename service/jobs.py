@@ -1,4 +1,5 @@
-"""Job and model records: every state change of a job is one of these functions."""
+"""Job records: every state change of a job is one of these functions (its model is published through the
+registry, in the same transaction)."""
 
 from __future__ import annotations
 
@@ -302,18 +303,6 @@ def request_cancel(*, session: Session, job_id: str) -> CancelOutcome:
             if _changed(done):
                 return CancelOutcome.REQUESTED
     raise RuntimeError(f"job {job_id} kept changing state while being cancelled")
-
-
-def get_model(*, session: Session, model_id: str) -> ModelRow | None:
-    return session.get(ModelRow, model_id)
-
-
-def list_models(*, session: Session, limit: int, offset: int) -> tuple[Sequence[ModelRow], int]:
-    count = session.scalar(select(func.count()).select_from(ModelRow)) or 0
-    rows = session.scalars(
-        select(ModelRow).order_by(ModelRow.created_at.desc(), ModelRow.id.desc()).limit(limit).offset(offset)
-    ).all()
-    return rows, count
 
 
 def mark_dispatched(*, session: Session, job_id: str) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from service.datasets import DatasetInfo
+from service.datasets.builtin import DatasetInfo
 from service.spec import CompileSpec, DenseLayer, ModelSpec, TrainRequest
 
 Path = tuple[str | int, ...]

@@ -1,4 +1,4 @@
-"""Model names and versions: every published model is version 1, 2, 3… of its name.
+"""Model records, names and versions: every published model is version 1, 2, 3… of its name.
 
 A model is found by its id, by its name (the latest version) or by ``name@version``. Ids and ``(name, version)``
 pairs never change meaning once published; only "the latest version of a name" moves.
@@ -73,6 +73,18 @@ def find(*, session: Session, ref: ModelRef) -> ModelRow | None:
     if ref.version is not None:
         query = query.where(ModelRow.version == ref.version)
     return session.scalars(query.order_by(ModelRow.version.desc()).limit(1)).first()
+
+
+def get_model(*, session: Session, model_id: str) -> ModelRow | None:
+    return session.get(ModelRow, model_id)
+
+
+def list_models(*, session: Session, limit: int, offset: int) -> tuple[Sequence[ModelRow], int]:
+    count = session.scalar(select(func.count()).select_from(ModelRow)) or 0
+    rows = session.scalars(
+        select(ModelRow).order_by(ModelRow.created_at.desc(), ModelRow.id.desc()).limit(limit).offset(offset)
+    ).all()
+    return rows, count
 
 
 def versions(*, session: Session, name: str) -> Sequence[ModelRow]:

@@ -67,14 +67,15 @@ class Settings(BaseSettings):
         description="Broker URL (redis://host:port/db). Required by `api` and `worker`; "
         "`serve` starts a private Redis when it is empty.",
     )
-    model_store: Path | None = Field(
-        default=None,
-        description="Directory of trained `.keras` files, shared by the API and every worker. Default `home/models`.",
+    model_store: Path = Field(
+        default=Path("models"),
+        description="Directory of trained `.keras` files, shared by the API and every worker; a relative path is "
+        "inside `home`.",
     )
-    dataset_store: Path | None = Field(
-        default=None,
-        description="Directory of uploaded datasets (normalised `.npz` files), shared by the API and every worker. "
-        "Default `home/datasets`.",
+    dataset_store: Path = Field(
+        default=Path("datasets"),
+        description="Directory of uploaded datasets (normalised `.npz` files), shared by the API and every worker; "
+        "a relative path is inside `home`.",
     )
     max_upload_bytes: int = Field(
         default=GIB, ge=1, description="Largest dataset file POST /datasets accepts (413 beyond)."
@@ -249,21 +250,9 @@ class Settings(BaseSettings):
         self.home = self.home.expanduser().resolve()
         if not self.database_url:
             self.database_url = f"sqlite:///{self.home / 'trainserve.db'}"
-        if self.model_store is None:
-            self.model_store = self.home / "models"
-        if self.dataset_store is None:
-            self.dataset_store = self.home / "datasets"
+        self.model_store = self.home / self.model_store.expanduser()  # an absolute path stays as it is
+        self.dataset_store = self.home / self.dataset_store.expanduser()
         return self
-
-    @property
-    def store_dir(self) -> Path:
-        assert self.model_store is not None  # filled by the validator
-        return self.model_store
-
-    @property
-    def datasets_dir(self) -> Path:
-        assert self.dataset_store is not None  # filled by the validator
-        return self.dataset_store
 
     @property
     def visibility_timeout(self) -> int:

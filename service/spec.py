@@ -24,7 +24,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from service.datasets import BUILTIN_DATASETS
+from service.datasets.builtin import BUILTIN_DATASETS
 
 # Keras 3's own activation names (keras.activations); tests check this list against Keras itself.
 ACTIVATIONS: tuple[str, ...] = (

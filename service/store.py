@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import tempfile
 from pathlib import Path
 
-MODEL_ID = re.compile(r"^[0-9a-f]{32}$")
+from service.db import is_id
 
 
 class StoreError(Exception):
@@ -16,7 +15,7 @@ class StoreError(Exception):
 
 
 def model_path(store: Path, model_id: str) -> Path:
-    if not MODEL_ID.fullmatch(model_id):
+    if not is_id(model_id):
         raise ValueError(f"not a model id: {model_id!r}")
     return store / f"{model_id}.keras"
 

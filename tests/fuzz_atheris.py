@@ -19,15 +19,15 @@ from tests import fuzz_targets
 
 
 def _targets() -> dict[str, Callable[[bytes], object]]:
-    serving = fuzz_targets.serving_for_fuzzing(Path(tempfile.mkdtemp(prefix="fuzz-atheris-")))
+    engine = fuzz_targets.engine_for_fuzzing(Path(tempfile.mkdtemp(prefix="fuzz-atheris-")))
     return {
         "npz": lambda data: fuzz_targets.dataset_file("npz", data),
         "csv": lambda data: fuzz_targets.dataset_file("csv", data),
         "images": lambda data: fuzz_targets.dataset_file("images", data),
-        "npy": lambda data: fuzz_targets.npy_body(data, serving),
-        "json": lambda data: fuzz_targets.json_predict_body(data, serving),
-        "v1": lambda data: fuzz_targets.tf_serving_body(data, serving),
-        "v2": lambda data: fuzz_targets.open_inference_body(data, str(data[:1][0] % 64) if data else None, serving),
+        "npy": lambda data: fuzz_targets.npy_body(data, engine),
+        "json": lambda data: fuzz_targets.json_predict_body(data, engine),
+        "v1": lambda data: fuzz_targets.tf_serving_body(data, engine),
+        "v2": lambda data: fuzz_targets.open_inference_body(data, str(data[:1][0] % 64) if data else None, engine),
         "spec": fuzz_targets.train_spec,
     }
 

@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 import orjson
 
-from service.api.errors import ApiError
-from service.api.predictor import ModelInfo, PredictError, Serving, batch_from_json, batch_from_npy
-from service.dataset_files import DatasetFileError, IngestLimits, Kind, ParsedDataset, UploadOptions, parse
+from service.datasets.files import DatasetFileError, IngestLimits, Kind, ParsedDataset, UploadOptions, parse
+from service.serving.codecs import native, tfserving, v2
+from service.serving.engine import Engine, ModelInfo
+from service.serving.errors import InvalidInputError, ServingError, TooManyInstancesError
 from service.settings import Settings
 
 MIB = 1024 * 1024
@@ -103,17 +104,14 @@ def dataset_file(kind: Kind, data: bytes, options: UploadOptions | None = None) 
 
 def _refused(call: Callable[[], Any], what: str) -> Any:
     """``call()``'s result, or None when it refused its input as a client's mistake."""
-    refused: PredictError | ApiError | None = None
+    refused: ServingError | None = None
     with bounded(what):
         try:
             return call()
-        except (PredictError, ApiError) as exc:
+        except ServingError as exc:
             refused = exc
-    if isinstance(refused, PredictError):
-        assert refused.kind in ("invalid_input", "too_many_instances"), refused.kind
-        assert len(refused.message) <= 10 * MAX_MESSAGE, refused.message[:200]
-    elif isinstance(refused, ApiError):
-        assert 400 <= refused.status_code < 500, refused.status_code
+    assert isinstance(refused, InvalidInputError | TooManyInstancesError), type(refused)
+    assert len(refused.message) <= 10 * MAX_MESSAGE, refused.message[:200]
     return None
 
 
@@ -125,49 +123,42 @@ def _checked_batch(x: Any, info: ModelInfo) -> None:
         assert np.isfinite(x).all()
 
 
-def npy_body(data: bytes, serving: Serving, info: ModelInfo = DIGITS) -> None:
+def npy_body(data: bytes, engine: Engine, info: ModelInfo = DIGITS) -> None:
     """POST /predict with a .npy body."""
-    _checked_batch(_refused(lambda: batch_from_npy(data, info, serving.check_count), "a .npy body"), info)
-
-
-def json_predict_body(data: bytes, serving: Serving, info: ModelInfo = DIGITS) -> None:
-    """POST /predict with a JSON body."""
-    from service.api.routers.predict import _json_request
 
     def decode() -> Any:
-        _, instances = _json_request(data)
-        serving.check_count(len(instances), ("instances",))
-        return batch_from_json(instances, info, "instances", ("instances",))
+        return native.to_batch(native.parse(data, native.NPY, {"model": "m"}), info, engine.check_count)
+
+    _checked_batch(_refused(decode, "a .npy body"), info)
+
+
+def json_predict_body(data: bytes, engine: Engine, info: ModelInfo = DIGITS) -> None:
+    """POST /predict with a JSON body."""
+
+    def decode() -> Any:
+        request = native.parse(data, "application/json", {})
+        engine.check_count(native.count(request) or 0, ("instances",))
+        return native.to_batch(request, info, engine.check_count)
 
     _checked_batch(_refused(decode, "a JSON predict body"), info)
 
 
-def tf_serving_body(data: bytes, serving: Serving, info: ModelInfo = DIGITS) -> None:
+def tf_serving_body(data: bytes, engine: Engine, info: ModelInfo = DIGITS) -> None:
     """POST /v1/models/{name}:predict: row or columnar format."""
-    from service.api.routers.tfserving import _columnar_format, _row_format
 
     def decode() -> Any:
-        try:
-            body = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return None  # answered as TF Serving's "JSON Parse error"
-        if not isinstance(body, dict) or ("instances" in body) == ("inputs" in body):
-            return None
-        if "instances" in body:
-            return _row_format(body["instances"], info, serving)
-        return _columnar_format(body["inputs"], info, serving)
+        return tfserving.to_batch(tfserving.parse(data), info, engine.check_count)
 
     _checked_batch(_refused(decode, "a TF Serving body"), info)
 
 
-def open_inference_body(data: bytes, header_length: str | None, serving: Serving, info: ModelInfo = DIGITS) -> None:
+def open_inference_body(data: bytes, header_length: str | None, engine: Engine, info: ModelInfo = DIGITS) -> None:
     """POST /v2/models/{name}/infer: JSON tensors, or the binary tensor data extension."""
-    from service.api.routers.v2 import _binary_output, _input_tensor, _split_body
 
     def decode() -> Any:
-        request, binary = _split_body(data, header_length)
-        x = _input_tensor(request, binary, info, serving)
-        _binary_output(request, info)
+        request = v2.parse(data, header_length)
+        x = v2.to_batch(request, info, engine.check_count)
+        v2.wants_binary(request, info)
         return x
 
     _checked_batch(_refused(decode, "an inference request"), info)
@@ -177,7 +168,7 @@ def train_spec(data: bytes) -> None:
     """POST /train's body: refused by validation or by the dry build with a path, or a model Keras builds."""
     from pydantic import ValidationError
 
-    from service.datasets import BUILTIN_DATASETS
+    from service.datasets.builtin import BUILTIN_DATASETS
     from service.keras_build import MemoryLimits, SpecError, dry_build
     from service.spec import TrainRequest
 
@@ -206,5 +197,5 @@ def train_spec(data: bytes) -> None:
     assert build.activation_bytes * request.fit.batch_size <= 16 * MIB
 
 
-def serving_for_fuzzing(home: Path) -> Serving:
-    return Serving(Settings(home=home, max_predict_instances=64))
+def engine_for_fuzzing(home: Path) -> Engine:
+    return Engine(Settings(home=home, max_predict_instances=64))

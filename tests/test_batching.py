@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from service.api.batching import Batcher, BatchStats, FloatArray
+from service.serving.batching import Batcher, BatchStats, FloatArray
 
 
 class Model:

@@ -130,9 +130,10 @@ def test_the_dashboard_is_served_without_a_key_and_the_api_still_needs_one(setti
     from service.api.app import create_app
 
     client = TestClient(create_app(settings.model_copy(update={"api_keys": "s3cret"})))
-    page = client.get("/")
+    page = client.get("/", headers={"Accept": "text/html"})  # as a browser asks for it
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
+    assert client.get("/").json() == {"status": "alive"}, "any other client: KServe's v1 liveness"
     assert '<script type="module" src="/dashboard/app.js">' in page.text
     for name in ("app.js", "pages/predict.js", "style.css", "vendor/chart.umd.min.js"):
         response = client.get(f"/dashboard/{name}")

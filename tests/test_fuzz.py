@@ -26,9 +26,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from service.api.predictor import Serving
-from service.dataset_files import UploadOptions
+from service.datasets.files import UploadOptions
 from service.examples import chapter_examples
+from service.serving.engine import Engine
 from service.settings import Settings
 from tests import fuzz_targets
 
@@ -36,8 +36,8 @@ FUZZ = settings(deadline=None, suppress_health_check=list(HealthCheck), database
 
 
 @pytest.fixture(scope="module")
-def serving(tmp_path_factory: pytest.TempPathFactory) -> Serving:
-    return fuzz_targets.serving_for_fuzzing(tmp_path_factory.mktemp("fuzz-serving"))
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    return fuzz_targets.engine_for_fuzzing(tmp_path_factory.mktemp("fuzz-engine"))
 
 
 # --- mutations ----------------------------------------------------------------------------------------------------
@@ -191,8 +191,8 @@ def npy_bodies(draw: st.DrawFn) -> bytes:
 
 @FUZZ
 @given(data=npy_bodies().flatmap(mutated))
-def test_npy_predict_bodies(data: bytes, serving: Serving) -> None:
-    fuzz_targets.npy_body(data, serving)
+def test_npy_predict_bodies(data: bytes, engine: Engine) -> None:
+    fuzz_targets.npy_body(data, engine)
 
 
 JSON = st.recursive(
@@ -222,8 +222,8 @@ def _json(value: Any) -> bytes:
     .map(_json)
     .flatmap(mutated)
 )
-def test_json_predict_bodies(body: bytes, serving: Serving) -> None:
-    fuzz_targets.json_predict_body(body, serving)
+def test_json_predict_bodies(body: bytes, engine: Engine) -> None:
+    fuzz_targets.json_predict_body(body, engine)
 
 
 @FUZZ
@@ -237,8 +237,8 @@ def test_json_predict_bodies(body: bytes, serving: Serving) -> None:
     .map(_json)
     .flatmap(mutated)
 )
-def test_tf_serving_bodies(body: bytes, serving: Serving) -> None:
-    fuzz_targets.tf_serving_body(body, serving)
+def test_tf_serving_bodies(body: bytes, engine: Engine) -> None:
+    fuzz_targets.tf_serving_body(body, engine)
 
 
 @st.composite
@@ -270,11 +270,11 @@ def inference_requests(draw: st.DrawFn) -> tuple[bytes, str | None]:
 
 @FUZZ
 @given(request=inference_requests(), damage=st.integers(0, 2**32 - 1))
-def test_open_inference_bodies(request: tuple[bytes, str | None], damage: int, serving: Serving) -> None:
+def test_open_inference_bodies(request: tuple[bytes, str | None], damage: int, engine: Engine) -> None:
     data, header_length = request
     if damage % 3 == 0 and data:  # damage the body, keeping the declared header length
         data = data[: damage % len(data)] + bytes([damage % 256]) + data[damage % len(data) + 1 :]
-    fuzz_targets.open_inference_body(data, header_length, serving)
+    fuzz_targets.open_inference_body(data, header_length, engine)
 
 
 # --- training requests --------------------------------------------------------------------------------------------
@@ -353,7 +353,7 @@ def test_multipart_uploads(form: tuple[bytes, str], uploads_api: TestClient) -> 
         assert response.json()["error"]["message"]
 
 
-def test_fuzzing_runs_against_real_inputs(tmp_path: Path, serving: Serving) -> None:
+def test_fuzzing_runs_against_real_inputs(tmp_path: Path, engine: Engine) -> None:
     """The harness itself: a valid file of each kind is accepted, so the fuzz tests above can tell the two apart."""
     from tests.datafiles import csv_bytes, images_zip, npz_bytes
 

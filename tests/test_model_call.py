@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.api.model_call import ModelCall, buckets_for
+from service.serving.model_call import ModelCall, buckets_for
 
 RESCALE = 1 / 16
 

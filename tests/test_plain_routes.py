@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 from fastapi import APIRouter, FastAPI
 from fastapi.testclient import TestClient
-from starlette.routing import Match
+from starlette.routing import Match, Route
 
 from service.api.app import create_app
-from service.api.plain_routes import PlainRoute, TrainServeAPI, serve_plainly
+from service.api.plain_routes import PredictionLane, plain_routes
+from service.api.routers import predict, tfserving, v2
 from service.settings import Settings
 
 PREDICTION_PATHS = [
@@ -21,28 +22,40 @@ PREDICTION_PATHS = [
 ]
 
 
-def answering_route(app: FastAPI, path: str, method: str = "POST") -> object:
-    """The route that answers a request: a plain one if it matches, else the router's, as the app dispatches."""
+def lane_of(app: FastAPI) -> list[Route]:
+    """The routes the app's prediction lane answers."""
+    lanes = [m for m in app.user_middleware if getattr(m.cls, "__name__", "") == PredictionLane.__name__]
+    assert len(lanes) == 1
+    routes = lanes[0].kwargs["routes"]
+    assert isinstance(routes, list)
+    return routes
+
+
+def answering(routes: list[Route], path: str, method: str = "POST") -> Route | None:
     scope = {"type": "http", "path": path, "method": method, "root_path": ""}
-    plain = app.plain_routes if isinstance(app, TrainServeAPI) else []
-    for route in [*plain, *app.router.routes]:
-        match, _ = route.matches(scope)
-        if match is Match.FULL:
-            return route
-    raise AssertionError(f"no route answers {method} {path}")
+    return next((route for route in routes if route.matches(scope)[0] is Match.FULL), None)
 
 
 def test_prediction_paths_are_answered_plainly_and_still_documented(settings: Settings) -> None:
     app = create_app(settings)
+    routes = lane_of(app)
     for template in PREDICTION_PATHS:
         path = template.replace("{name}", "digits").replace("{version}", "2")
-        route = answering_route(app, path)
-        assert type(route) is PlainRoute, f"{path} goes through {type(route).__name__}"
+        route = answering(routes, path)
+        assert route is not None, f"{path} goes through FastAPI's router"
         assert route.path_format == template
     operations = app.openapi()["paths"]
     for template in PREDICTION_PATHS:
         assert "requestBody" in operations[template]["post"], template
-    assert type(answering_route(app, "/train")) is not PlainRoute, "the other routes stay FastAPI's"
+    assert answering(routes, "/train") is None, "the other routes stay FastAPI's"
+    assert answering(routes, "/predict", "GET") is None, "another method: FastAPI's router answers (405)"
+
+
+def test_the_lane_is_inside_every_middleware_of_the_app(settings: Settings) -> None:
+    """Innermost of the app's middleware: a prediction request has passed metrics, API keys and the body guard."""
+    app = create_app(settings.model_copy(update={"api_keys": "secret"}))
+    order = [getattr(m.cls, "__name__", "") for m in app.user_middleware]  # outermost first
+    assert order == ["MetricsMiddleware", "ApiKeyMiddleware", "BodyGuard", "PredictionLane"]
 
 
 def test_plain_routes_answer_errors_as_documented(settings: Settings) -> None:
@@ -77,7 +90,8 @@ def test_only_endpoints_of_the_routers_given_can_be_served_plainly() -> None:
     async def elsewhere() -> None: ...
 
     with pytest.raises(ValueError, match="must be a route of the routers given"):
-        serve_plainly(TrainServeAPI(), [router], [here, elsewhere])
+        plain_routes([router], [here, elsewhere])
+    assert len(plain_routes([predict.router, tfserving.router, v2.router], [predict.predict])) == 1
 
 
 def test_the_lean_lane_has_the_apps_middleware_and_error_handlers() -> None:
@@ -112,8 +126,9 @@ def test_the_lean_lane_has_the_apps_middleware_and_error_handlers() -> None:
             raise RuntimeError("broken")
         return JSONResponse({"name": name, "body": body.decode(), "route": request.scope["route"].path})
 
-    app = TrainServeAPI()
+    app = FastAPI()
     app.include_router(router)
+    app.add_middleware(PredictionLane, routes=plain_routes([router], [plain]), handlers=app.exception_handlers)
     app.add_middleware(Recording)
 
     @app.exception_handler(RefusedError)
@@ -124,8 +139,7 @@ def test_the_lean_lane_has_the_apps_middleware_and_error_handlers() -> None:
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"unexpected": type(exc).__name__}, status_code=500)
 
-    serve_plainly(app, [router], [plain])
-    assert type(answering_route(app, "/items/x")) is PlainRoute
+    assert answering(lane_of(app), "/items/x") is not None
     with TestClient(app, raise_server_exceptions=False) as client:
         ok = client.post("/items/x", content=b"hello")
         assert ok.json() == {"name": "x", "body": "hello", "route": "/items/{name}"}
@@ -135,28 +149,3 @@ def test_the_lean_lane_has_the_apps_middleware_and_error_handlers() -> None:
         assert (broken.status_code, broken.json()) == (500, {"unexpected": "RuntimeError"})
         assert client.get("/items/x").status_code == 405  # another method: FastAPI's lane
     assert seen == ["POST /items/x", "POST /items/refused", "POST /items/refused", "POST /items/broken", "GET /items/x"]
-
-
-def layers(app: object, stop: type | None = None) -> list[str]:
-    """The classes of an ASGI stack from the outside in, following each layer's ``app``."""
-    names = []
-    while hasattr(app, "app") and not (stop is not None and isinstance(app, stop)):
-        names.append(type(app).__name__)
-        app = app.app
-    return names
-
-
-def test_both_lanes_begin_with_the_same_layers(settings: Settings) -> None:
-    """The lean lane repeats FastAPI's outer layers and the app's middleware; if a FastAPI release changes its
-    stack, this fails rather than leave the prediction endpoints without a layer the others have."""
-    from starlette.middleware.exceptions import ExceptionMiddleware
-
-    from service.api.plain_routes import _Lanes
-
-    app = create_app(settings.model_copy(update={"api_keys": "secret"}))
-    lanes = app.build_middleware_stack()
-    assert isinstance(lanes, _Lanes)
-    full = layers(lanes.full, stop=ExceptionMiddleware)
-    assert full[0] == "ServerErrorMiddleware"
-    assert {"MetricsMiddleware", "ApiKeyMiddleware", "BodyGuard"} <= set(full)
-    assert layers(lanes.lean) == full

@@ -140,7 +140,7 @@ def test_pool_child_killed_mid_epoch_job_restarts_and_succeeds_once(api: TestCli
     assert pid_of(job) != victim
     assert [row["epoch"] for row in job["history"]] == list(range(1, 13)), "the retry starts from the beginning"
     assert len(models_of(api, job_id)) == 1
-    store = cluster.settings.store_dir
+    store = cluster.settings.model_store
     assert {p.name for p in store.iterdir()} == {f"{m['model_id']}.keras" for m in api.get("/models").json()["data"]}
 
 

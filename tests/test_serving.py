@@ -69,7 +69,7 @@ def digits(count: int, start: int = 0) -> Array:
 
 def reference(settings: Settings, model_id: str, x: Array, rescale: float) -> Array:
     """What Keras itself answers for the stored file, on the preprocessed inputs."""
-    model = keras.models.load_model(settings.store_dir / f"{model_id}.keras", compile=False)
+    model = keras.models.load_model(settings.model_store / f"{model_id}.keras", compile=False)
     result: Array = np.asarray(model.predict_on_batch(x * np.float32(rescale)))
     return result
 
@@ -144,8 +144,8 @@ def test_large_bodies_reuse_a_receive_buffer_and_each_gets_its_own_answer(
     client: TestClient, settings: Settings, trained: Trained
 ) -> None:
     """Bodies over 256 KiB are received into buffers kept between requests (see service/api/body_buffers.py)."""
-    serving = client.app.state.serving  # type: ignore[attr-defined]
-    reused = serving.bodies.reused
+    bodies = client.app.state.bodies  # type: ignore[attr-defined]
+    reused = bodies.reused
     headers = {"Content-Type": NPY, "Accept": NPY}
     for start in (0, 600, 300):  # 1,100 digits as float32: 282 KB each time, different images
         x = digits(1100, start)
@@ -154,7 +154,7 @@ def test_large_bodies_reuse_a_receive_buffer_and_each_gets_its_own_answer(
         assert np.allclose(
             np.load(io.BytesIO(answer.content)), reference(settings, trained.v1, x, trained.rescale), atol=1e-5
         )
-    assert serving.bodies.reused >= reused + 2, "after the first, each body of that size took the kept buffer"
+    assert bodies.reused >= reused + 2, "after the first, each body of that size took the kept buffer"
     x = digits(1100, 200)
     as_json = client.post("/predict", json={"model_id": trained.v1, "instances": x.tolist()})
     assert np.allclose(as_json.json()["predictions"], reference(settings, trained.v1, x, trained.rescale), atol=1e-5)
@@ -293,6 +293,44 @@ def test_open_inference_protocol_with_tritonclient(settings: Settings, trained: 
             client.close()
 
 
+def test_kserve_python_sdk_works_unchanged(settings: Settings, trained: Trained) -> None:
+    """KServe's own REST client (kserve.InferenceRESTClient) on both of its protocols: liveness, readiness and
+    inference, v2 with JSON tensors and with binary data."""
+    from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
+
+    x = digits(3)
+    expected = reference(settings, trained.v2, x, trained.rescale)
+
+    async def check(url: str) -> None:
+        base = f"http://{url}"
+        v1 = InferenceRESTClient(RESTConfig(protocol="v1"))
+        v2 = InferenceRESTClient(RESTConfig(protocol="v2"))
+        try:
+            assert await v1.is_server_live(base)  # GET / answers KServe's v1 liveness to a client that is no browser
+            assert await v1.is_model_ready(base, NAME)  # KServe reads `ready` beside TF Serving's version status
+            answer = await v1.infer(base, {"instances": x.tolist()}, model_name=NAME)
+            assert np.allclose(answer["predictions"], expected, atol=1e-5)
+
+            assert await v2.is_server_live(base)
+            assert await v2.is_server_ready(base)
+            assert await v2.is_model_ready(base, NAME)
+            assert not await v2.is_model_ready(base, "nope")
+            for binary in (False, True):
+                tensor = InferInput(name="input", shape=list(x.shape), datatype="FP32")
+                tensor.set_data_from_numpy(x, binary_data=binary)
+                result = await v2.infer(base, InferRequest(model_name=NAME, infer_inputs=[tensor]), model_name=NAME)
+                assert result.model_name == NAME
+                assert np.allclose(result.outputs[0].as_numpy(), expected, atol=1e-5), binary
+        finally:
+            await v1.close()
+            await v2.close()
+
+    with running(create_app(settings)) as url:
+        asyncio.run(check(url))
+        page = httpx.get(f"http://{url}/", headers={"Accept": "text/html,application/xhtml+xml"})
+        assert page.headers["content-type"].startswith("text/html"), "a browser still gets the dashboard"
+
+
 def test_v2_json_tensors_may_be_nested(client: TestClient, trained: Trained) -> None:
     x = digits(2)
     tensor = {"name": "input", "shape": [2, 8, 8], "datatype": "FP32"}
@@ -351,7 +389,7 @@ def test_concurrent_requests_are_merged_and_each_gets_its_own_answer(settings: S
     # compiled with XLA (padded to a power of two).
     for round_ in (1, 2, 3):
         if round_ == 3:
-            call = app.state.serving.cache.peek(trained.v2).call
+            call = app.state.engine.cache.peek(trained.v2).call
             call.compile_all()
             call.settle()
         answers, metrics = asyncio.run(burst())
@@ -392,7 +430,7 @@ def test_cache_keeps_the_most_recently_used_models(settings: Settings, trained: 
 
 
 def test_a_model_file_changed_after_saving_is_not_loaded(settings: Settings, trained: Trained) -> None:
-    path: Path = settings.store_dir / f"{trained.other}.keras"
+    path: Path = settings.model_store / f"{trained.other}.keras"
     original = path.read_bytes()
     try:
         path.write_bytes(original + b"\0")

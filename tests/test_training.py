@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sklearn.datasets import load_digits
 
-from service.datasets import FASHION_MNIST_CLASSES
+from service.datasets.builtin import FASHION_MNIST_CLASSES
 from service.queue import TRAIN_TASK
 from service.settings import Settings
 from tests.conftest import WorkerProcess, chapter_model_in_keras, chapter_request, printed_summary, train, wait_for_job
@@ -317,14 +317,14 @@ def test_tensorflow_is_loaded_in_pool_children_only(worker: WorkerProcess, clien
 
 def test_no_model_file_without_a_record(client: TestClient, settings: Settings) -> None:
     records = {m["model_id"] for m in client.get("/models", params={"limit": 500}).json()["data"]}
-    files = {p.stem for p in settings.store_dir.iterdir()}
+    files = {p.stem for p in settings.model_store.iterdir()}
     assert files == records, "every .keras file has its record and no temporary file is left behind"
 
 
 @pytest.mark.parametrize("rescale", [None, 1 / 255])
 def test_pixels_become_one_float32_array_with_the_rescale(rescale: float | None) -> None:
     """keras.datasets arrive as uint8 pixels; the job makes float32 of them once, scaled if asked."""
-    from service.datasets import LoadedDataset
+    from service.datasets.builtin import LoadedDataset
     from service.spec import TrainRequest
     from worker.training import prepare
 

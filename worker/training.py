@@ -22,7 +22,8 @@ from billiard.exceptions import SoftTimeLimitExceeded
 from sklearn.model_selection import train_test_split
 
 from service import jobs
-from service.datasets import DatasetUnavailableError, LoadedDataset
+from service.datasets.builtin import DatasetUnavailableError, LoadedDataset
+from service.datasets.loading import load_training_data
 from service.db import ModelRow, new_id, session_scope
 from service.keras_build import (
     build_model,
@@ -36,7 +37,6 @@ from service.logs import job_context
 from service.settings import Settings
 from service.spec import TrainRequest
 from service.store import model_path, publish, temporary_path
-from service.uploads import load_training_data
 
 log = logging.getLogger(__name__)
 
@@ -374,7 +374,7 @@ def _train(run: JobRun, request: TrainRequest) -> str:
     metrics = _finite({key: values[-1] for key, values in history.history.items()})
 
     model_id = new_id()
-    store = settings.store_dir
+    store = settings.model_store
     temp = temporary_path(store)
     final = model_path(store, model_id)
     try:

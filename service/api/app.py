@@ -16,12 +16,12 @@ from fastapi.routing import APIRoute, APIRouter
 from starlette.routing import BaseRoute
 
 from service.api import errors
+from service.api.body_buffers import BodyBuffers
 from service.api.job_watch import JobWatch
 from service.api.middleware import ApiKeyMiddleware, BodyGuard, InflightBudget
 from service.api.multipart import FORM_OVERHEAD_BYTES
 from service.api.observability import Metrics, MetricsMiddleware
-from service.api.plain_routes import TrainServeAPI, serve_plainly
-from service.api.predictor import Serving
+from service.api.plain_routes import PredictionLane, plain_routes
 from service.api.routers import (
     dashboard,
     datasets,
@@ -38,6 +38,7 @@ from service.api.routers import (
 )
 from service.db import get_engine
 from service.queue import JobQueue
+from service.serving.engine import Engine
 from service.settings import Settings, get_settings
 from service.spec import TrainRequest
 
@@ -54,7 +55,7 @@ Every error has the same shape: `{"error": {"type", "message", "errors": [{"path
 """
 
 
-def create_app(settings: Settings | None = None) -> TrainServeAPI:
+def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -63,7 +64,7 @@ def create_app(settings: Settings | None = None) -> TrainServeAPI:
         # Load Keras now (a few seconds) rather than in the first request's dry build.
         await run_in_threadpool(importlib.import_module, "service.keras_build")
         _settle_heap()
-        settings.store_dir.mkdir(parents=True, exist_ok=True)
+        settings.model_store.mkdir(parents=True, exist_ok=True)
         if not settings.redis_url:
             log.warning("TRAINSERVE_REDIS_URL is not set: jobs cannot be queued")
         app.state.ingests = datasets.Ingests(settings.max_concurrent_ingests)
@@ -77,7 +78,7 @@ def create_app(settings: Settings | None = None) -> TrainServeAPI:
         finally:
             app.state.ingests.close()
 
-    app = TrainServeAPI(
+    app = FastAPI(
         title="TrainServe",
         version="0.1.0",
         description=DESCRIPTION,
@@ -90,7 +91,8 @@ def create_app(settings: Settings | None = None) -> TrainServeAPI:
     )
     app.state.settings = settings
     app.state.queue = JobQueue(settings)
-    app.state.serving = Serving(settings)
+    app.state.engine = Engine(settings)
+    app.state.bodies = BodyBuffers()
     errors.install(app)
     routers = [
         module.router
@@ -108,8 +110,14 @@ def create_app(settings: Settings | None = None) -> TrainServeAPI:
         v2.infer,
         v2.infer_version,
     ]
-    # Outermost last: the key is checked before the body is read.
-    app.state.metrics = Metrics(settings, app.state.serving, app.state.queue)
+    # Middleware, innermost first (each one added wraps the ones before): the prediction endpoints' lane, the body
+    # guard, API keys (checked before the body is read), metrics (outermost: refusals count too).
+    app.add_middleware(
+        PredictionLane,
+        routes=plain_routes([predict.router, tfserving.router, v2.router], predictions),
+        handlers=app.exception_handlers,
+    )
+    app.state.metrics = Metrics(settings, app.state.engine, app.state.queue)
     app.add_middleware(
         BodyGuard,
         max_bytes=settings.max_request_bytes,
@@ -122,9 +130,7 @@ def create_app(settings: Settings | None = None) -> TrainServeAPI:
     if settings.keys:  # an open service skips the layer altogether
         app.add_middleware(ApiKeyMiddleware, keys=settings.keys, predictions=routes_of(routers, predictions))
     _openapi(app, bearer=bool(settings.keys))
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics.http)  # outermost: refusals count too
-    # The prediction endpoints, the many small requests, are answered by plain routes ahead of all the others.
-    serve_plainly(app, [predict.router, tfserving.router, v2.router], predictions)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics.http)
     return app
 
 

@@ -7,9 +7,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from service.datasets import DatasetInfo, is_available_offline
+from service.datasets.builtin import DatasetInfo, is_available_offline
+from service.datasets.catalogue import BuiltinOverview
 from service.db import DatasetRow
-from service.uploads import BuiltinOverview
 
 
 class DatasetStats(BaseModel):

@@ -8,9 +8,10 @@ from typing import Annotated
 from fastapi import Depends, Query, Request
 from sqlalchemy.orm import Session
 
-from service.api.predictor import Serving
+from service.api.body_buffers import BodyBuffers
 from service.db import session_factory
 from service.queue import JobQueue
+from service.serving.engine import Engine
 from service.settings import Settings
 
 
@@ -32,9 +33,16 @@ def get_queue(request: Request) -> JobQueue:
     return queue
 
 
-def get_serving(request: Request) -> Serving:
-    serving: Serving = request.app.state.serving
-    return serving
+def engine_of(request: Request) -> Engine:
+    """The serving engine: as a dependency, and called by the prediction endpoints that take no dependencies."""
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+def bodies_of(request: Request) -> BodyBuffers:
+    """The receive buffers kept between prediction requests."""
+    bodies: BodyBuffers = request.app.state.bodies
+    return bodies
 
 
 # Pages of a list: at most 500 items; an offset past any table this service keeps (and within every database's
@@ -46,4 +54,4 @@ Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="How many to skip
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
-ServingDep = Annotated[Serving, Depends(get_serving)]
+EngineDep = Annotated[Engine, Depends(engine_of)]

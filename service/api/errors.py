@@ -23,6 +23,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import Match, Route
 
+from service.serving.codecs import tfserving, v2
+from service.serving.errors import (
+    InvalidInputError,
+    ModelNotFoundError,
+    ServingError,
+    StoreIntegrityError,
+    TooManyInstancesError,
+)
+from service.submit import IdempotencyConflictError, InvalidRequestError, QueueUnavailableError, SubmitError
+
 log = logging.getLogger(__name__)
 
 
@@ -46,6 +56,7 @@ Protocol = Literal["native", "tfserving", "v2"]
 
 # A message longer than this is cut; more problems than this are summed up in the last one.
 MAX_MESSAGE_CHARS = 1000
+JSON = "application/json"
 MAX_PROBLEMS = 50
 
 HTTP_KINDS = {
@@ -86,22 +97,63 @@ def error_response(
     """An error in the format of the protocol ``path`` belongs to."""
     protocol = protocol_of(path)
     if protocol != "native":
-        content: Any = {"error": short(message)}
-        status = 400 if status == 422 else status
-    else:
-        items = [
-            ErrorItem(
-                path=short(e.path, 200),
-                loc=[short(part, 100) if isinstance(part, str) else part for part in e.loc[:20]],
-                message=short(e.message),
-            )
-            for e in errors[:MAX_PROBLEMS]
-        ]
-        if len(errors) > MAX_PROBLEMS:
-            items[-1] = ErrorItem(path="", loc=[], message=f"… and {len(errors) - MAX_PROBLEMS + 1} more problems")
-        body = ErrorResponse(error=ErrorBody(type=type, message=short(message), errors=items))
-        content = body.model_dump(mode="json")
-    return Response(orjson.dumps(content), status, headers=headers, media_type="application/json")
+        render = tfserving.render if protocol == "tfserving" else v2.render
+        return Response(render(short(message)), 400 if status == 422 else status, headers=headers, media_type=JSON)
+    items = [
+        ErrorItem(
+            path=short(e.path, 200),
+            loc=[short(part, 100) if isinstance(part, str) else part for part in e.loc[:20]],
+            message=short(e.message),
+        )
+        for e in errors[:MAX_PROBLEMS]
+    ]
+    if len(errors) > MAX_PROBLEMS:
+        items[-1] = ErrorItem(path="", loc=[], message=f"… and {len(errors) - MAX_PROBLEMS + 1} more problems")
+    body = ErrorResponse(error=ErrorBody(type=type, message=short(message), errors=items))
+    content = body.model_dump(mode="json")
+    return Response(orjson.dumps(content), status, headers=headers, media_type=JSON)
+
+
+# How this API's own protocol answers each failure of the serving engine.
+SERVING_STATUS: dict[type[ServingError], tuple[int, str]] = {
+    InvalidInputError: (422, "validation_error"),
+    ModelNotFoundError: (404, "not_found"),
+    TooManyInstancesError: (413, "too_many_instances"),
+    StoreIntegrityError: (500, "store_error"),
+}
+
+
+def serving_error_response(request: Request, exc: ServingError) -> Response:
+    """A serving failure in the format of the protocol the request came by; TF Serving and v2 name the model as
+    the path does."""
+    protocol = protocol_of(request.url.path)
+    if protocol != "native":
+        codec = tfserving if protocol == "tfserving" else v2
+        name = str(request.path_params.get("name", ""))
+        try:
+            version = codec.version_of(request.path_params.get("version"))
+        except ServingError:
+            version = None
+        status, content = codec.error(exc, name, version)
+        return Response(content, status, media_type=JSON)
+    status, kind = SERVING_STATUS.get(type(exc), (500, "internal_error"))
+    if isinstance(exc, InvalidInputError):
+        items = [item(list(loc), message) for loc, message in exc.problems]
+        summary = exc.message if len(items) == 1 else f"{len(items)} problems in the request"
+        return error_response(request.url.path, status, kind, summary, items)
+    items = [item(list(exc.loc), exc.message)] if exc.loc else []
+    return error_response(request.url.path, status, kind, exc.message, items)
+
+
+def submit_error(exc: SubmitError) -> ApiError:
+    """How this API answers each refusal of a training job."""
+    if isinstance(exc, InvalidRequestError):
+        return validation_error([item(list(loc), message) for loc, message in exc.problems])
+    if isinstance(exc, IdempotencyConflictError):
+        return ApiError(409, "idempotency_key_reused", exc.message)
+    if isinstance(exc, QueueUnavailableError):
+        return ApiError(503, "broker_unavailable", exc.message)
+    return ApiError(500, "internal_error", exc.message)
 
 
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -239,6 +291,15 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> Response:
         return error_response(request.url.path, exc.status_code, exc.type, exc.message, exc.errors, exc.headers)
+
+    @app.exception_handler(ServingError)
+    async def _serving_error(request: Request, exc: ServingError) -> Response:
+        return serving_error_response(request, exc)
+
+    @app.exception_handler(SubmitError)
+    async def _submit_error(request: Request, exc: SubmitError) -> Response:
+        error = submit_error(exc)
+        return error_response(request.url.path, error.status_code, error.type, error.message, error.errors)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, exc: RequestValidationError) -> Response:

@@ -18,10 +18,10 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.batching import Histogram as BatchHistogram
-from service.api.predictor import Serving
 from service.db import EPOCH_BUCKET_LABELS, EpochDurationRow, JobRow, JobStatus, session_scope
 from service.queue import JobQueue
+from service.serving.batching import Histogram as BatchHistogram
+from service.serving.engine import Engine
 from service.settings import Settings
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -91,8 +91,8 @@ class MetricsMiddleware:
 class ServingCollector(Collector):
     """Predict batches per model (requests and instances merged into one call) and the model cache."""
 
-    def __init__(self, serving: Serving) -> None:
-        self.serving = serving
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
 
     def collect(self) -> Iterator[Metric]:
         labels = ["model_id", "name", "version"]
@@ -102,13 +102,13 @@ class ServingCollector(Collector):
         instances = HistogramMetricFamily(
             "trainserve_batch_instances", "Instances computed in one model call.", labels=labels
         )
-        for stats in list(self.serving.stats.models.values()):
+        for stats in list(self.engine.stats.models.values()):
             values = [stats.model_id, stats.name, str(stats.version)]
             requests.add_metric(values, _buckets(stats.requests), stats.requests.total)
             instances.add_metric(values, _buckets(stats.instances), stats.instances.total)
         yield requests
         yield instances
-        cache = self.serving.cache
+        cache = self.engine.cache
         calls = CounterMetricFamily(
             "trainserve_model_calls",
             "Calls of the loaded models, by the function that ran: `xla` (compiled for the padded batch size) "
@@ -180,10 +180,10 @@ class JobsCollector(Collector):
 
 
 class Metrics:
-    def __init__(self, settings: Settings, serving: Serving, queue: JobQueue) -> None:
+    def __init__(self, settings: Settings, engine: Engine, queue: JobQueue) -> None:
         self.local = CollectorRegistry()
         self.http = HttpMetrics(self.local)
-        self.local.register(ServingCollector(serving))
+        self.local.register(ServingCollector(engine))
         self.shared = CollectorRegistry()
         self.shared.register(JobsCollector(settings, queue))
 

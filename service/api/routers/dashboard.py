@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
 
 from service.api.errors import not_found
 
@@ -48,8 +48,13 @@ def _serve(name: str) -> FileResponse:
 
 
 @router.api_route("/", methods=["GET", "HEAD"])
-def index() -> FileResponse:
-    return _serve("index.html")
+def index(request: Request) -> Response:
+    """The dashboard for a browser; for any other client, KServe's v1 liveness answer (its SDK asks `/`)."""
+    if "text/html" not in request.headers.get("accept", ""):
+        return JSONResponse({"status": "alive"}, headers={"Vary": "Accept"})
+    response = _serve("index.html")
+    response.headers["Vary"] = "Accept"
+    return response
 
 
 @router.api_route("/dashboard/{name:path}", methods=["GET", "HEAD"])

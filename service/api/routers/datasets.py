@@ -13,24 +13,22 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 
-from service import uploads
 from service.api import links
 from service.api.dataset_schemas import DatasetList, DatasetRead, DatasetSamples
 from service.api.deps import Limit, Offset, SessionDep, SettingsDep
 from service.api.errors import ApiError, ErrorItem, item, not_found, responses, validation_error
 from service.api.multipart import receive_upload
-from service.dataset_files import CHANNELS, KINDS_BY_SUFFIX, ColorMode, DatasetFileError, UploadOptions, kind_of
-from service.datasets import BUILTIN_DATASETS
+from service.api.params import DatasetId
+from service.datasets import catalogue, loading
+from service.datasets.builtin import BUILTIN_DATASETS
+from service.datasets.files import CHANNELS, KINDS_BY_SUFFIX, ColorMode, DatasetFileError, UploadOptions, kind_of
 from service.db import DatasetRow
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 T = TypeVar("T")
 
-DatasetId = Annotated[
-    str, Path(description="An uploaded dataset's id, or a built-in dataset's name (e.g. digits).", max_length=64)
-]
 UPLOAD_FIELDS = frozenset({"name", "label_column", "image_size", "color_mode"})
 MAX_IMAGE_SIDE = 1024
 # height,width (or one number for both), each 1 to 1024: the schema states the same pattern.
@@ -187,7 +185,7 @@ async def upload_dataset(request: Request, response: Response, settings: Setting
     (shapes, classes, counts). The same bytes read the same way again answer 200 with the same dataset."""
     upload = await receive_upload(
         request,
-        directory=settings.datasets_dir,
+        directory=settings.dataset_store,
         max_bytes=settings.max_upload_bytes,
         file_field="file",
         fields=UPLOAD_FIELDS,
@@ -204,7 +202,7 @@ async def upload_dataset(request: Request, response: Response, settings: Setting
         try:
             row, created = await ingests.run(
                 functools.partial(
-                    uploads.ingest,
+                    catalogue.ingest,
                     settings=settings,
                     upload=upload.path,
                     filename=upload.filename,
@@ -240,9 +238,9 @@ def list_datasets(
     upload_limit = limit - len(builtins)
     rows: list[DatasetRow] = []
     if upload_limit > 0:
-        found, _ = uploads.list_datasets(session=session, limit=upload_limit, offset=upload_offset)
+        found, _ = catalogue.list_datasets(session=session, limit=upload_limit, offset=upload_offset)
         rows = list(found)
-    count = len(BUILTIN_DATASETS) + uploads.count_datasets(session=session)
+    count = len(BUILTIN_DATASETS) + catalogue.count_datasets(session=session)
     return DatasetList(data=[*builtins, *(DatasetRead.from_row(row) for row in rows)], count=count)
 
 
@@ -250,11 +248,11 @@ def _builtin(dataset_id: str, settings: SettingsDep) -> DatasetRead | None:
     info = BUILTIN_DATASETS.get(dataset_id)
     if info is None:
         return None
-    return DatasetRead.from_builtin(info, settings.keras_cache, uploads.builtin_overview(info.name))
+    return DatasetRead.from_builtin(info, settings.keras_cache, catalogue.builtin_overview(info.name))
 
 
 def _uploaded(session: SessionDep, dataset_id: str) -> DatasetRow:
-    row = uploads.get_dataset(session=session, dataset_id=dataset_id)
+    row = catalogue.get_dataset(session=session, dataset_id=dataset_id)
     if row is None:
         raise not_found("dataset", dataset_id)
     return row
@@ -277,7 +275,7 @@ def get_samples(
     dataset_id: DatasetId,
     session: SessionDep,
     settings: SettingsDep,
-    n: Annotated[int, Query(ge=1, le=uploads.SAMPLE_ROWS, description="How many rows, from the first.")] = 5,
+    n: Annotated[int, Query(ge=1, le=catalogue.SAMPLE_ROWS, description="How many rows, from the first.")] = 5,
     split: Annotated[Literal["train", "test"], Query()] = "train",
     values: Annotated[
         bool, Query(description="Include each sample's numbers; `false` answers images (and labels) only.")
@@ -287,7 +285,7 @@ def get_samples(
     An answer may be at most `TRAINSERVE_MAX_RESPONSE_BYTES` (422 with the `n` that fits)."""
     info = BUILTIN_DATASETS.get(dataset_id)
     if info is not None:
-        overview = uploads.builtin_overview(info.name)
+        overview = catalogue.builtin_overview(info.name)
         if overview is None:
             raise ApiError(
                 409,
@@ -302,7 +300,7 @@ def get_samples(
         row = _uploaded(session, dataset_id)
         if split not in row.splits:
             raise not_found("test split in dataset", dataset_id)
-        x, y = uploads.stored_split(row, settings.datasets_dir, split)
+        x, y = loading.stored_split(row, settings.dataset_store, split)
         rows, class_names, images = row.splits[split], row.class_names, row.kind == "images"
     count = min(n, rows)
     _check_answer_size(count, x, values=values, images=images, limit=settings.max_response_bytes)
@@ -360,7 +358,7 @@ def delete_dataset(dataset_id: DatasetId, session: SessionDep, settings: Setting
     if dataset_id in BUILTIN_DATASETS:
         raise ApiError(409, "builtin_dataset", f"{dataset_id!r} is a built-in dataset; only uploads can be deleted")
     row = _uploaded(session, dataset_id)
-    using = uploads.jobs_using(session=session, dataset_id=row.id)
+    using = catalogue.jobs_using(session=session, dataset_id=row.id)
     if using:
         raise ApiError(
             409,
@@ -368,5 +366,5 @@ def delete_dataset(dataset_id: DatasetId, session: SessionDep, settings: Setting
             f"dataset {row.id} is used by {len(using)} queued or running job(s): {', '.join(using)}; "
             f"delete it when they have finished",
         )
-    uploads.delete_dataset(session=session, row=row, store=settings.datasets_dir)
+    catalogue.delete_dataset(session=session, row=row, store=settings.dataset_store)
     return Response(status_code=204)

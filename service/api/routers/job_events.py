@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
@@ -24,7 +24,8 @@ from service.api.deps import SettingsDep
 from service.api.errors import ApiError, not_found, responses
 from service.api.job_watch import JobWatch, Slot, Snapshot, StreamLimitError
 from service.api.middleware import client_of
-from service.db import FINISHED_STATUSES, ID_PATTERN, JobStatus
+from service.api.params import JobId
+from service.db import FINISHED_STATUSES, JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -98,7 +99,7 @@ async def _stream(
     },
 )
 async def job_events(
-    job_id: Annotated[str, Path(description="Job id as returned by POST /train.", pattern=ID_PATTERN)],
+    job_id: JobId,
     request: Request,
     settings: SettingsDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=50)] = None,

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Query, Response
 
 from service import jobs
 from service.api import links
 from service.api.deps import Limit, Offset, SessionDep, SettingsDep
 from service.api.errors import ApiError, item, not_found, responses, validation_error
+from service.api.params import JobId
 from service.api.schemas import JobList, JobRead
-from service.db import ID_PATTERN, JobStatus
+from service.db import JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
-
-JobId = Annotated[str, Path(description="Job id as returned by POST /train.", pattern=ID_PATTERN)]
 
 
 # What one epoch's row takes in an answer, at most as this service writes them (loss, ten metrics, their val_*).

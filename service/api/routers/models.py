@@ -4,24 +4,23 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse, PlainTextResponse
 
-from service import jobs
+from service import registry
 from service.api import links
 from service.api.deps import Limit, Offset, SessionDep, SettingsDep
 from service.api.errors import ApiError, not_found, responses
+from service.api.params import ModelId
 from service.api.schemas import ModelList, ModelRead, ModelSummary
-from service.db import ID_PATTERN, ModelRow
+from service.db import ModelRow
 from service.store import StoreError, verified_path
 
 router = APIRouter(prefix="/models", tags=["models"])
 
-ModelId = Annotated[str, Path(description="Model id, from a succeeded job.", pattern=ID_PATTERN)]
-
 
 def _model(session: SessionDep, model_id: str) -> ModelRow:
-    row = jobs.get_model(session=session, model_id=model_id)
+    row = registry.get_model(session=session, model_id=model_id)
     if row is None:
         raise not_found("model", model_id)
     return row
@@ -38,7 +37,7 @@ def list_models(
     offset: Offset = 0,
 ) -> ModelList:
     """Models, newest first."""
-    rows, count = jobs.list_models(session=session, limit=limit, offset=offset)
+    rows, count = registry.list_models(session=session, limit=limit, offset=offset)
     return ModelList(data=[ModelRead.from_row(row) for row in rows], count=count)
 
 
@@ -78,7 +77,7 @@ def download(model_id: ModelId, session: SessionDep, settings: SettingsDep) -> F
     """The trained model as a `.keras` file, for `keras.models.load_model`."""
     row = _model(session, model_id)
     try:
-        path = verified_path(settings.store_dir, row.id, row.sha256)
+        path = verified_path(settings.model_store, row.id, row.sha256)
     except StoreError as exc:
         raise ApiError(500, "store_error", str(exc)) from exc
     return FileResponse(path, media_type="application/octet-stream", filename=f"{row.id}.keras")

@@ -28,7 +28,7 @@ from typing import IO, Any, Literal
 
 import numpy as np
 
-from service.datasets import IntArray, NumberArray
+from service.datasets.builtin import IntArray, NumberArray
 
 Kind = Literal["npz", "csv", "images"]
 ColorMode = Literal["grayscale", "rgb", "rgba"]
@@ -456,7 +456,7 @@ def _read_inputs(zf: zipfile.ZipFile, header: NpyHeader, dtype: type[np.generic]
     else:
         _decode_into(zf, header, out, deadline)
     if dtype is np.float32:
-        check_finite(out, header.name)
+        require_finite(out, header.name)
     return out
 
 
@@ -611,7 +611,7 @@ def row_blocks(x: np.ndarray[Any, Any], elements: int = 1 << 20) -> Iterator[tup
         yield start, x[start : start + rows]
 
 
-def check_finite(x: np.ndarray[Any, Any], name: str) -> None:
+def require_finite(x: np.ndarray[Any, Any], name: str) -> None:
     for start, block in row_blocks(x):
         finite = np.isfinite(block).reshape(len(block), -1).all(axis=1)
         if not finite.all():
@@ -678,7 +678,7 @@ def parse_csv(path: Path, label_column: str, limits: IngestLimits, deadline: Dea
     if not labels:
         raise DatasetFileError("the .csv has a header but no rows")
     x: NumberArray = np.frombuffer(values, dtype=np.float32).reshape(len(labels), len(header) - 1)
-    check_finite(x, "x")
+    require_finite(x, "x")
     y, _, num_classes, class_names = encoder.finish(np.frombuffer(labels, dtype=np.int64), None, "y")
     return ParsedDataset(x, y, None, None, num_classes, class_names)
 

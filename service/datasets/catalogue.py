@@ -1,4 +1,5 @@
-"""Uploaded datasets: one normalised ``<dataset_id>.npz`` per dataset in the dataset store, and its record.
+"""The catalogue of datasets: each upload's record and its normalised ``<dataset_id>.npz`` in the dataset store,
+and what the API can say of the built-in ones without loading them.
 
 The file holds ``x_train`` (and ``x_test``), uint8 image pixels or bytes as uploaded and float32 otherwise, and
 int64 class numbers ``y_train`` (and ``y_test``); the database row holds everything said about it (shapes, classes,
@@ -13,10 +14,7 @@ import hashlib
 import json
 import math
 import os
-import re
-import struct
 import tempfile
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,14 +25,13 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.dataset_files import IngestLimits, Kind, ParsedDataset, UploadOptions, parse, row_blocks
-from service.datasets import BUILTIN_DATASETS, DatasetInfo, DatasetUnavailableError, LoadedDataset, load_builtin
-from service.db import DatasetRow, JobRow, JobStatus, new_id, session_scope
+from service.datasets.builtin import BUILTIN_DATASETS, DatasetInfo, load_builtin
+from service.datasets.files import IngestLimits, Kind, ParsedDataset, UploadOptions, parse, row_blocks
+from service.db import DatasetRow, JobRow, JobStatus, is_id, new_id, session_scope
 from service.settings import Settings
 from service.spec import DatasetSpec
-from service.store import publish, sha256_file
+from service.store import publish
 
-DATASET_ID = re.compile(r"^[0-9a-f]{32}$")
 SPLITS = ("train", "test")
 
 
@@ -48,7 +45,7 @@ class UnknownDatasetError(Exception):
 
 
 def dataset_path(store: Path, dataset_id: str) -> Path:
-    if not DATASET_ID.fullmatch(dataset_id):
+    if not is_id(dataset_id):
         raise ValueError(f"not a dataset id: {dataset_id!r}")
     return store / f"{dataset_id}.npz"
 
@@ -79,7 +76,7 @@ def ingest(
         return existing, False
 
     parsed = parse(upload, kind, options, ingest_limits(settings, quota_left=settings.dataset_quota_bytes - used))
-    store = settings.datasets_dir
+    store = settings.dataset_store
     store.mkdir(parents=True, exist_ok=True)
     dataset_id = new_id()
     final = dataset_path(store, dataset_id)
@@ -222,62 +219,6 @@ def dataset_info(*, session: Session, spec: DatasetSpec) -> DatasetInfo:
     if row is None:
         raise UnknownDatasetError(spec.id)
     return info_of(row)
-
-
-# --- reading the stored arrays ----------------------------------------------------------------------------------
-
-
-def load_training_data(spec: DatasetSpec, settings: Settings) -> tuple[DatasetInfo, LoadedDataset]:
-    """The dataset a job trains on, whole, with what is known about it. Used by the worker."""
-    if spec.name is not None:
-        info = BUILTIN_DATASETS[spec.name]
-        return info, load_builtin(info)
-    assert spec.id is not None
-    with session_scope(settings.database_url) as session:
-        row = get_dataset(session=session, dataset_id=spec.id)
-    if row is None:
-        raise DatasetUnavailableError(f"uploaded dataset {spec.id} no longer exists (it was deleted)")
-    path = settings.datasets_dir / row.path
-    if not path.is_file():
-        raise DatasetUnavailableError(f"the file of dataset {row.id} is missing from {settings.datasets_dir}")
-    if sha256_file(path) != row.file_sha256:
-        raise DatasetUnavailableError(f"the file of dataset {row.id} does not match the sha256 recorded at upload")
-    with np.load(path, allow_pickle=False) as npz:
-        has_test = "x_test" in npz.files
-        data = LoadedDataset(
-            npz["x_train"], npz["y_train"], npz["x_test"] if has_test else None, npz["y_test"] if has_test else None
-        )
-    return info_of(row), data
-
-
-def stored_split(row: DatasetRow, store: Path, split: str) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-    """One split's inputs and labels, memory-mapped: reading a few rows reads only those rows."""
-    path = store / row.path
-    return _npz_member(path, f"x_{split}"), _npz_member(path, f"y_{split}")
-
-
-def _npz_member(path: Path, name: str) -> np.ndarray[Any, Any]:
-    """An array of an uncompressed .npz (as ``np.savez`` writes), memory-mapped in place."""
-    with zipfile.ZipFile(path) as zf:
-        info = zf.getinfo(f"{name}.npy")
-    if info.compress_type != zipfile.ZIP_STORED:
-        with np.load(path, allow_pickle=False) as npz:
-            loaded: np.ndarray[Any, Any] = npz[name]
-            return loaded
-    with path.open("rb") as f:
-        f.seek(info.header_offset)
-        local_header = f.read(30)  # the local file header: its name and extra field precede the data
-        name_length, extra_length = struct.unpack("<HH", local_header[26:30])
-        f.seek(info.header_offset + 30 + name_length + extra_length)
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(f)
-        else:
-            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(f)
-        offset = f.tell()
-    if dtype.hasobject:
-        raise ValueError(f"{name} in {path} holds Python objects")
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran_order else "C")
 
 
 # --- built-in datasets, described through the same endpoints ----------------------------------------------------

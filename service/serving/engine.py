@@ -1,13 +1,14 @@
-"""Serving trained models: find the model a request names, keep it loaded, run it in merged batches.
+"""The serving engine: find the model a request names, keep it loaded, run it in merged batches.
 
-Every protocol (POST /predict, TensorFlow Serving's /v1, the Open Inference Protocol's /v2) goes through
-``Serving``: ``resolve`` a reference to a loaded model, check the input with ``batch_from_*``, ``predict``.
+Every protocol (POST /predict, TensorFlow Serving's /v1, the Open Inference Protocol's /v2) goes through one
+``Engine``: its codec turns the request into a reference and an array, the engine resolves the reference to a
+loaded model and computes the array's outputs, and the codec turns those into the protocol's answer. The engine
+knows nothing of HTTP; its failures are ``service.serving.errors``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import math
 import threading
@@ -16,46 +17,22 @@ from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from fastapi.concurrency import run_in_threadpool
 
 from service import registry
-from service.api.batching import Batcher, BatchStats
-from service.api.body_buffers import BodyBuffers, BodyBytes
-from service.api.model_call import ModelCall, XlaMode, load_model_call
 from service.db import ModelRow, session_factory
 from service.registry import ModelRef
+from service.serving.batching import Batcher, BatchStats
+from service.serving.errors import ModelNotFoundError, StoreIntegrityError, TooManyInstancesError
+from service.serving.model_call import ModelCall, XlaMode, load_model_call
 from service.settings import Settings
 from service.store import StoreError, verified_path
 
 log = logging.getLogger(__name__)
 
-Array = npt.NDArray[Any]
 FloatArray = npt.NDArray[np.float32]
-
-INPUT_NAME = "input"
-OUTPUT_NAME = "output"
-
-
-class PredictError(Exception):
-    """A predict request that cannot be answered. Each protocol renders it in its own error format.
-
-    ``kind``: ``not_found`` (404), ``invalid_input`` (native 422, TF Serving and v2 400), ``too_many_instances``
-    (413), ``store_error`` (500). ``loc`` is where in a native request the problem is.
-    """
-
-    def __init__(self, kind: str, message: str, loc: tuple[str | int, ...] = ()) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-        self.loc = loc
-
-
-def invalid(message: str, loc: tuple[str | int, ...] = ()) -> PredictError:
-    return PredictError("invalid_input", message, loc)
 
 
 @dataclass(frozen=True)
@@ -173,7 +150,7 @@ class ModelCache:
 
     async def _load(self, info: ModelInfo) -> LoadedModel:
         try:
-            call = await run_in_threadpool(self._load_sync, info)
+            call = await asyncio.to_thread(self._load_sync, info)
             loaded = LoadedModel(info=info, call=call, batcher=self._make_batcher(info, call))
             self._models[info.model_id] = loaded
             self.loads += 1
@@ -189,7 +166,7 @@ class ModelCache:
         try:
             path = verified_path(self.store, info.model_id, info.sha256)
         except StoreError as exc:
-            raise PredictError("store_error", str(exc)) from exc
+            raise StoreIntegrityError(str(exc)) from exc
         with self._load_lock:
             call = load_model_call(
                 path,
@@ -210,20 +187,19 @@ class ModelCache:
             log.info("unloaded model %s (%s@%d)", model_id, evicted.info.name, evicted.info.version)
 
 
-class Serving:
+class Engine:
     """Resolves references to loaded models and runs them; one per API process."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.max_instances = settings.max_predict_instances
         self.stats = BatchStats()
-        self.bodies = BodyBuffers()
         # Model calls run here, off the event loop; TensorFlow itself spreads one call over the cores.
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="inference")
         # XLA compilations of the loaded models' batch sizes, one at a time, in the background.
         self.compiler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compile")
         self.cache = ModelCache(
-            store=settings.store_dir,
+            store=settings.model_store,
             capacity=settings.predict_cache_size,
             max_bytes=settings.predict_cache_bytes,
             make_batcher=self._make_batcher,
@@ -245,7 +221,7 @@ class Serving:
         )
 
     async def resolve(self, ref: ModelRef) -> LoadedModel:
-        """The loaded model a reference names (loading it if needed), or PredictError not_found."""
+        """The loaded model a reference names (loading it if needed), or ModelNotFoundError."""
         model_id = ref.model_id
         if model_id is None and ref.name is not None and ref.version is not None:
             model_id = self._pinned.get((ref.name, ref.version))
@@ -262,14 +238,14 @@ class Serving:
 
     async def find(self, ref: ModelRef) -> ModelInfo:
         """The record a reference names, from the database."""
-        info = await run_in_threadpool(self._find_sync, ref)
+        info = await asyncio.to_thread(self._find_sync, ref)
         if info is None:
-            raise PredictError("not_found", not_found_message(ref))
+            raise ModelNotFoundError(not_found_message(ref))
         return info
 
     async def versions(self, name: str) -> list[ModelInfo]:
         """Every version of a name, newest first (empty if there is no such name)."""
-        return await run_in_threadpool(self._versions_sync, name)
+        return await asyncio.to_thread(self._versions_sync, name)
 
     def _find_sync(self, ref: ModelRef) -> ModelInfo | None:
         with session_factory(self.settings.database_url)() as session:
@@ -285,13 +261,16 @@ class Serving:
         return await loaded.batcher.submit(x)
 
     def check_count(self, count: int, loc: tuple[str | int, ...] = ()) -> None:
-        if count > self.max_instances:
-            raise PredictError(
-                "too_many_instances",
-                f"{count} instances in one request; the limit is {self.max_instances} "
-                f"(TRAINSERVE_MAX_PREDICT_INSTANCES): split the request",
-                loc,
-            )
+        check_count(count, self.max_instances, loc)
+
+
+def check_count(count: int, limit: int, loc: tuple[str | int, ...] = ()) -> None:
+    if count > limit:
+        raise TooManyInstancesError(
+            f"{count} instances in one request; the limit is {limit} (TRAINSERVE_MAX_PREDICT_INSTANCES): "
+            f"split the request",
+            loc,
+        )
 
 
 def not_found_message(ref: ModelRef) -> str:
@@ -300,74 +279,3 @@ def not_found_message(ref: ModelRef) -> str:
     if ref.version is not None:
         return f"model {ref.name!r} has no version {ref.version}"
     return f"no model named {ref.name!r}"
-
-
-def batch_from_json(values: Any, info: ModelInfo, what: str, loc: tuple[str | int, ...]) -> FloatArray:
-    """Nested JSON numbers as a float32 batch of the model's input shape, or PredictError invalid_input."""
-    expected = [len(values) if isinstance(values, list) else 1, *info.input_shape]
-    try:
-        with np.errstate(over="ignore"):  # beyond float32's range is infinity, refused below
-            x = np.asarray(values, dtype=np.float32)
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise invalid(f"{what} must be numbers in an array of shape {expected}: {exc}", loc) from exc
-    if list(x.shape) != expected:
-        raise invalid(f"{what} have shape {list(x.shape)}; this model expects {expected}", loc)
-    return check_finite(x, what, loc)
-
-
-# The header of a .npy file: its magic, its length and a dict of at most 64 KiB in format 1.0.
-NPY_HEADER_PEEK = 12 + 65_536
-
-
-def batch_from_npy(body: BodyBytes, info: ModelInfo, limit: Callable[[int], None]) -> FloatArray:
-    """A ``.npy`` body (numbers, shape (n, *input_shape)) as a float32 batch, without copying float32 data."""
-    stream = io.BytesIO(body[:NPY_HEADER_PEEK])
-    try:
-        version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
-        elif version == (2, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
-        else:
-            raise ValueError(f"unsupported .npy format version {version}")
-    except Exception as exc:  # whatever numpy's header parser meets in a hand-made header: not a .npy array
-        raise invalid(f"the body is not a .npy array: {str(exc)[:200]}", ("body",)) from exc
-    if dtype.hasobject or dtype.kind not in "biuf":
-        raise invalid(f"the .npy array holds {dtype}; send numbers (float32 is used as is)", ("body",))
-    expected = ["n", *info.input_shape]
-    if (
-        not all(type(d) is int for d in shape)
-        or len(shape) != len(expected)
-        or list(shape[1:]) != list(info.input_shape)
-    ):
-        raise invalid(f"the .npy array has shape {list(shape)[:8]}; this model expects {expected}", ("body",))
-    if shape[0] == 0:
-        raise invalid("the .npy array holds no instances; send at least one", ("body",))
-    limit(int(shape[0]))
-    count = int(np.prod(shape))
-    offset = stream.tell()
-    if len(body) - offset != count * dtype.itemsize:
-        raise invalid(
-            f"the .npy body holds {len(body) - offset} bytes of data; shape {list(shape)} needs "
-            f"{count * dtype.itemsize}",
-            ("body",),
-        )
-    x = np.frombuffer(body, dtype=dtype, count=count, offset=offset)
-    x = x.reshape(shape[::-1]).transpose() if fortran_order else x.reshape(shape)
-    return check_finite(np.ascontiguousarray(x, dtype=np.float32), "instances", ())
-
-
-def check_finite(x: FloatArray, what: str, loc: tuple[str | int, ...]) -> FloatArray:
-    # min and max carry any NaN or infinity through, without a mask the size of the batch.
-    if x.size and not (np.isfinite(x.min()) and np.isfinite(x.max())):
-        bad = int(np.argwhere(~np.isfinite(x).reshape(len(x), -1).all(axis=1))[0][0])
-        raise invalid(f"{what} must be finite numbers (no NaN or Infinity)", (*loc, bad) if loc else ())
-    return x
-
-
-def classes_of(outputs: FloatArray) -> Array:
-    if outputs.shape[-1] == 1:  # one sigmoid unit: class 1 when p ≥ 0.5
-        result: Array = (outputs[:, 0] >= 0.5).astype(np.int64)
-        return result
-    classes: Array = outputs.argmax(axis=-1)
-    return classes
