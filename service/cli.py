@@ -139,7 +139,9 @@ def train_command(
     def action() -> int:
         client = _client(url, api_key)
         created = client.json("POST", "/train", json=read_spec(spec))
-        console.print(f"job {created['job_id']} {created['status']}")
+        build = created.get("build") or {}
+        params = f" ({build['total_params']:,} parameters)" if "total_params" in build else ""
+        console.print(f"job {created['job_id']} {created['status']}{params}")
         if not watch_job:
             return 0
         return EXIT_CODES.get(watch(client, created["job_id"], console), 1)

@@ -169,40 +169,41 @@ def embedded_backend(settings: Settings) -> Iterator[Backend]:
             stop_process(process)
 
 
-class _Server(uvicorn.Server):
-    """uvicorn re-raises SIGINT/SIGTERM after it stops, which would end this process before it stops the worker
-    and Redis; here the signals only ask the server to stop, and ``serve`` then stops the rest."""
-
-    @contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 def serve(settings: Settings, host: str, port: int) -> None:
+    """The API with its own Redis and worker, until a signal or until the worker or Redis dies (rather than accept
+    jobs nobody will run).
+
+    uvicorn runs on a thread of its own: it installs signal handlers only on the main thread, and re-raises the
+    signal once it has stopped, which would end this process before it stops the worker and Redis. Here a signal
+    only asks the server to stop (a second one, to stop now), and the backend is stopped after it."""
     from service.api.app import create_app
 
     with embedded_backend(settings) as backend:
         config = uvicorn.Config(
             create_app(backend.settings), host=host, port=port, log_level=settings.log_level.lower(), log_config=None
         )
-        server = _Server(config)
-        previous = {sig: signal.signal(sig, server.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
-        stop_watching = threading.Event()
-        watcher = threading.Thread(target=_watch, args=(backend, server, stop_watching), daemon=True)
-        watcher.start()
+        server = uvicorn.Server(config)
+
+        def ask_to_stop(_signum: int, _frame: object) -> None:
+            if server.should_exit:
+                server.force_exit = True
+            server.should_exit = True
+
+        previous = {sig: signal.signal(sig, ask_to_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        thread = threading.Thread(target=server.run, name="api")
+        thread.start()
+        died = False
         try:
-            server.run()
+            while thread.is_alive():
+                thread.join(1.0)
+                exited = backend.first_exited()
+                if exited is not None and not server.should_exit:
+                    log.error("process %d exited with code %s; stopping", exited.pid, exited.returncode)
+                    server.should_exit = died = True
         finally:
-            stop_watching.set()
+            server.should_exit = True
+            thread.join()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-
-
-def _watch(backend: Backend, server: uvicorn.Server, stop: threading.Event) -> None:
-    """Stop the API if the worker or Redis dies, rather than accept jobs nobody will run."""
-    while not stop.wait(1.0):
-        exited = backend.first_exited()
-        if exited is not None:
-            log.error("process %d exited with code %s; stopping", exited.pid, exited.returncode)
-            server.should_exit = True
-            return
+        if died or not server.started:
+            raise SystemExit(1)  # logged above, or by uvicorn (the port is taken, say)

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -21,6 +22,9 @@ from service.db import JobRow, JobStatus
 from service.queue import JobQueue
 from service.settings import Settings
 from service.spec import TrainRequest
+
+if TYPE_CHECKING:
+    from service.keras_build import DryBuild
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,8 @@ class Submitted:
     status: JobStatus
     # True when the job is the one an earlier request with the same Idempotency-Key made.
     replayed: bool = False
+    # What building the model once found; None for a replay.
+    build: DryBuild | None = None
 
 
 def request_hash(request: TrainRequest) -> str:
@@ -90,7 +96,7 @@ def check_limits(request: TrainRequest, settings: Settings) -> None:
         raise InvalidRequestError(problems)
 
 
-def check_build(request: TrainRequest, session: Session, settings: Settings) -> None:
+def check_build(request: TrainRequest, session: Session, settings: Settings) -> DryBuild:
     """Build the model on its dataset's shapes without training it; refuse what Keras cannot build and what would
     need more parameters or memory than the service allows."""
     from service.keras_build import MemoryLimits, SpecError, dry_build
@@ -100,7 +106,7 @@ def check_build(request: TrainRequest, session: Session, settings: Settings) -> 
     )
     try:
         info = catalogue.dataset_info(session=session, spec=request.dataset)
-        dry_build(request, info, max_params=settings.max_model_params, memory=memory)
+        return dry_build(request, info, max_params=settings.max_model_params, memory=memory)
     except (SpecError, catalogue.UnknownDatasetError) as exc:
         raise InvalidRequestError([(tuple(loc), message) for loc, message in exc.problems]) from exc
 
@@ -127,7 +133,7 @@ def submit(
         if earlier is not None:
             return _replay(earlier, request_sha256, idempotency_key)
     check_limits(request, settings)
-    check_build(request, session, settings)
+    build = check_build(request, session, settings)
     job = jobs.create_job(
         session=session, request=request, idempotency_key=idempotency_key, request_sha256=request_sha256
     )
@@ -150,4 +156,4 @@ def submit(
         raise QueueUnavailableError("the job queue is unreachable; try again shortly") from exc
     jobs.mark_dispatched(session=session, job_id=job.id)
     session.commit()
-    return Submitted(job_id=job.id, status=JobStatus.QUEUED)
+    return Submitted(job_id=job.id, status=JobStatus.QUEUED, build=build)

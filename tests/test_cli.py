@@ -36,6 +36,7 @@ def test_train_watch_summary_predict(live_url: str, tmp_path: Path) -> None:
     result = trainserve(live_url, "train", spec_file(tmp_path, chapter_request(epochs=3)), "--watch")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "succeeded: model " in result.stdout
+    assert "queued (7,510 parameters)" in result.stdout
     assert "3/3" in result.stdout
     assert "val_accuracy" in result.stdout
     model_id = result.stdout.split("succeeded: model ")[1].split()[0]

@@ -172,6 +172,8 @@ def test_idempotency_key_returns_the_first_job(client: TestClient) -> None:
     assert again.status_code == 202
     assert again.json()["job_id"] == first.json()["job_id"]
     assert again.headers["idempotent-replayed"] == "true"
+    assert first.json()["build"]["total_params"] == 7510
+    assert again.json()["build"] is None
     assert again.headers["location"] == first.headers["location"]
     other = client.post("/train", json=chapter_request(epochs=2), headers={"Idempotency-Key": key})
     error = error_of(other, 409)

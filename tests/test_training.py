@@ -25,6 +25,10 @@ def test_train_poll_predict_summary_on_digits(client: TestClient) -> None:
     created = response.json()
     assert created["status"] == "queued"
     assert response.headers["location"] == f"/jobs/{created['job_id']}"
+    # The dry build's findings: 64·100+100 + 100·10+10 parameters; one 8×8 image, 100 and 10 outputs in float32.
+    assert created["build"]["total_params"] == 7510
+    assert created["build"]["output_shape"] == [None, 10]
+    assert created["build"]["activation_bytes"] == 4 * (64 + 64 + 100 + 10)
 
     job = wait_for_job(client, created["job_id"])
     assert job["status"] == "succeeded", job["error"]

@@ -51,7 +51,12 @@ Train Keras models from a JSON spec and serve them.
 2. `GET /jobs/{job_id}` shows its status, progress and one history row per finished epoch.
 3. `POST /predict` with the finished job's `model_id`; `GET /models/{model_id}/summary` is `model.summary()`.
 
-Every error has the same shape: `{"error": {"type", "message", "errors": [{"path", "loc", "message"}]}}`.
+The same models are served by TensorFlow Serving's REST API under `/v1` and by the Open Inference Protocol (v2,
+with its binary extension) under `/v2`, so their clients work unchanged.
+
+Errors: everywhere but `/v1` and `/v2`, `{"error": {"type", "message", "errors": [{"path", "loc", "message"}]}}`,
+where each item names a field of the request and what was wrong with it. `/v1` and `/v2` answer as those servers
+do, `{"error": "..."}`, with 400 where this API uses 422.
 """
 
 
@@ -60,7 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        get_engine(settings.database_url)  # creates the tables on first use
+        get_engine(settings.database_url)  # applies pending migrations
         # Load Keras now (a few seconds) rather than in the first request's dry build.
         await run_in_threadpool(importlib.import_module, "service.keras_build")
         _settle_heap()

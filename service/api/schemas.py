@@ -11,9 +11,24 @@ from service.db import JobRow, JobStatus, ModelRow
 from service.spec import exactly_one_of
 
 
+class BuildEstimate(BaseModel):
+    """What building the model once, before it was queued, found."""
+
+    total_params: int = Field(description="Parameters of the model, as `model.summary()` counts them.")
+    output_shape: list[int | None] = Field(description="The model's output shape; `null` is the batch dimension.")
+    activation_bytes: int = Field(
+        description="float32 bytes one instance's input and layer outputs take: a prediction on n instances "
+        "needs n times this."
+    )
+    training_data_bytes: int = Field(description="What the job's inputs and labels take in the worker's memory.")
+
+
 class JobCreated(BaseModel):
     job_id: str
     status: JobStatus
+    build: BuildEstimate | None = Field(
+        default=None, description="The dry build's findings; absent when the job is an earlier one replayed."
+    )
 
 
 class Progress(BaseModel):

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from service.api import links
 from service.api.deps import QueueDep, SessionDep, SettingsDep
 from service.api.errors import invalid_body, parse_json_body, responses
-from service.api.schemas import JobCreated
+from service.api.schemas import BuildEstimate, JobCreated
 from service.examples import openapi_examples
 from service.spec import TrainRequest
 from service.submit import submit
@@ -73,4 +73,13 @@ async def train(
     response.headers["Location"] = f"/jobs/{submitted.job_id}"
     if submitted.replayed:
         response.headers["Idempotent-Replayed"] = "true"
-    return JobCreated(job_id=submitted.job_id, status=submitted.status)
+    build = submitted.build
+    estimate = None
+    if build is not None:
+        estimate = BuildEstimate(
+            total_params=build.total_params,
+            output_shape=list(build.output_shape),
+            activation_bytes=build.activation_bytes,
+            training_data_bytes=build.data_bytes,
+        )
+    return JobCreated(job_id=submitted.job_id, status=submitted.status, build=estimate)
