@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import orjson
 
-from service.registry import parse_version
+from service.serving.codecs import shared
 from service.serving.codecs.arrays import BodyBytes, FloatArray, batch_from_json
 from service.serving.engine import ModelInfo
 from service.serving.errors import (
@@ -35,15 +35,9 @@ STATUS: dict[type[ServingError], int] = {
 
 
 # The protocol's error body, as /docs shows it for each status above.
-ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
-OPENAPI_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"content": {"application/json": {"schema": ERROR_SCHEMA}}} for status in sorted(set(STATUS.values()))
-}
-
-
-def render(message: str) -> bytes:
-    """An error body, TF Serving's way."""
-    return orjson.dumps({"error": message})
+OPENAPI_ERRORS = shared.openapi_errors(set(STATUS.values()))
+render = shared.render
+encode = shared.encode
 
 
 def error(exc: ServingError, name: str = "", version: int | None = None) -> tuple[int, bytes]:
@@ -57,16 +51,7 @@ def servable(name: str, version: int | None) -> str:
 
 
 def version_of(text: str | None) -> int | None:
-    if text is None:
-        return None
-    version = parse_version(text)
-    if version is None:
-        raise InvalidInputError(f"version must be a whole number (received {text[:40]!r})")
-    return version
-
-
-def encode(content: Any) -> bytes:
-    return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+    return shared.version_of(text, "version")
 
 
 # --- status and metadata ----------------------------------------------------------------------------------------
