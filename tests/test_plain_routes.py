@@ -90,8 +90,8 @@ def test_only_endpoints_of_the_routers_given_can_be_served_plainly() -> None:
     async def elsewhere() -> None: ...
 
     with pytest.raises(ValueError, match="must be a route of the routers given"):
-        plain_routes([router], [here, elsewhere])
-    assert len(plain_routes([predict.router, tfserving.router, v2.router], [predict.predict])) == 1
+        plain_routes([router], [here, elsewhere], {})
+    assert len(plain_routes([predict.router, tfserving.router, v2.router], [predict.predict], {})) == 1
 
 
 def test_the_lean_lane_has_the_apps_middleware_and_error_handlers() -> None:
@@ -128,7 +128,7 @@ def test_the_lean_lane_has_the_apps_middleware_and_error_handlers() -> None:
 
     app = FastAPI()
     app.include_router(router)
-    app.add_middleware(PredictionLane, routes=plain_routes([router], [plain]), handlers=app.exception_handlers)
+    app.add_middleware(PredictionLane, routes=plain_routes([router], [plain], app.exception_handlers))
     app.add_middleware(Recording)
 
     @app.exception_handler(RefusedError)

@@ -119,8 +119,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # guard, API keys (checked before the body is read), metrics (outermost: refusals count too).
     app.add_middleware(
         PredictionLane,
-        routes=plain_routes([predict.router, tfserving.router, v2.router], predictions),
-        handlers=app.exception_handlers,
+        routes=plain_routes([predict.router, tfserving.router, v2.router], predictions, app.exception_handlers),
+        tracing=settings.opentelemetry,
     )
     app.state.metrics = Metrics(settings, app.state.engine, app.state.queue)
     app.add_middleware(

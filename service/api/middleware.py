@@ -169,6 +169,10 @@ class BodyGuard:
         self.max_bytes = max_bytes
         self.uploads = uploads
         self.upload_methods = frozenset(m for route in uploads for m in getattr(route, "methods", None) or ())
+        # Upload paths without parameters are known in advance: most requests are told apart without a regex (by
+        # the path's end, which a root path in front leaves as it is).
+        paths = [getattr(route, "path", "{") for route in uploads]
+        self.upload_paths = None if any("{" in path for path in paths) else tuple(paths)
         self.upload_max_bytes = upload_max_bytes
         self.budget = budget
         self.timeout = timeout
@@ -187,7 +191,11 @@ class BodyGuard:
         if length == 0 or (length is None and not chunked):
             await self.app(scope, receive, send)  # no body to guard
             return
-        upload = scope["method"] in self.upload_methods and matches_any(self.uploads, scope)
+        upload = (
+            scope["method"] in self.upload_methods
+            and (self.upload_paths is None or scope["path"].endswith(self.upload_paths))
+            and matches_any(self.uploads, scope)
+        )
         limit = self.upload_max_bytes if upload else self.max_bytes
         too_large = self.messages[upload]
         if length is not None and length > limit:
