@@ -299,3 +299,52 @@ def test_a_list_of_jobs_carries_a_bounded_answer(settings: Settings, tmp_path: P
         assert client.get("/jobs", params={"limit": 1}).status_code == 200
         last = client.get("/jobs", params={"history": "last"}).json()["data"]
         assert [job["history"] for job in last] == [[{"epoch": 1000, "loss": 0.001, "accuracy": 0.5}]] * 2
+
+
+def test_body_deadlines_cancel_only_the_request_that_stalled() -> None:
+    """The one watcher behind TRAINSERVE_BODY_TIMEOUT: a request waiting past the timeout for its body gets a 408
+    where it waits; one whose body keeps coming, and one cancelled for another reason, are left as they are."""
+    import asyncio
+
+    from starlette.exceptions import HTTPException
+    from starlette.types import Message
+
+    from service.api.middleware import BodyDeadlines
+
+    async def scenario() -> tuple[object, object, object]:
+        deadlines = BodyDeadlines(timeout=0.4)
+        never = asyncio.Event()
+
+        async def stalled() -> Message:
+            await never.wait()
+            return {"type": "http.request", "body": b""}
+
+        async def trickle() -> Message:
+            await asyncio.sleep(0.2)
+            return {"type": "http.request", "body": b"x", "more_body": True}
+
+        async def slow_client() -> object:
+            return await deadlines.receive(stalled)
+
+        async def steady_client() -> object:
+            for _ in range(6):  # 1.2 s in all, never 0.4 s without a piece
+                await deadlines.receive(trickle)
+            return "read"
+
+        async def cancelled_elsewhere() -> object:
+            return await deadlines.receive(stalled)
+
+        other = asyncio.create_task(cancelled_elsewhere())
+        asyncio.get_running_loop().call_later(0.1, other.cancel)
+        gathered = asyncio.gather(slow_client(), steady_client(), other, return_exceptions=True)
+        results = await asyncio.wait_for(gathered, 5)  # a watcher that never fires fails here, not by hanging
+        assert not deadlines.waiting
+        assert not deadlines.stalled
+        return results[0], results[1], results[2]
+
+    slow, steady, other = asyncio.run(scenario())
+    assert isinstance(slow, HTTPException)
+    assert slow.status_code == 408
+    assert "TRAINSERVE_BODY_TIMEOUT" in str(slow.detail)
+    assert steady == "read"
+    assert isinstance(other, asyncio.CancelledError)

@@ -52,6 +52,7 @@ LIMITS = {
     "TRAINSERVE_MAX_EVENT_STREAMS": "30",
     "TRAINSERVE_MAX_EVENT_STREAMS_PER_CLIENT": "20",
     "TRAINSERVE_EVENT_STREAM_MAX_SECONDS": "3",
+    "TRAINSERVE_BODY_TIMEOUT": "4",
 }
 CEILING = 3 * 1024 * MIB
 
@@ -147,6 +148,27 @@ def _stall(url: str, path: str, declared: int, sent: bytes, content_type: str) -
     return conn
 
 
+def _read_answer(conn: socket.socket) -> bytes:
+    """One whole HTTP answer (head and a Content-Length body), however the server split it into segments."""
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        piece = conn.recv(65536)
+        if not piece:
+            return answer
+        answer += piece
+    head, _, body = answer.partition(b"\r\n\r\n")
+    length = next(
+        (int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")),
+        0,
+    )
+    while len(body) < length:
+        piece = conn.recv(65536)
+        if not piece:
+            break
+        body += piece
+    return head + b"\r\n\r\n" + body
+
+
 def test_stalled_bodies_hold_only_what_they_sent(hostile: Hostile) -> None:
     with PeakMemory(hostile.pid) as peak:
         stalled = [
@@ -159,6 +181,26 @@ def test_stalled_bodies_hold_only_what_they_sent(hostile: Hostile) -> None:
         conn.close()
     print(f"\n12 stalled bodies declaring 60 MiB each: peak grew by {peak.growth_mib:.1f} MiB")
     assert peak.growth_mib < 32
+
+
+def test_a_body_that_stops_arriving_is_a_408_in_its_protocol(hostile: Hostile) -> None:
+    timeout = float(LIMITS["TRAINSERVE_BODY_TIMEOUT"])
+    native = _stall(hostile.url, "/predict?model=m", 10 * MIB, b"\x93NUMPY" + b"\x00" * 1000, "application/x-npy")
+    tf_serving = _stall(hostile.url, "/v1/models/m:predict", 10 * MIB, b'{"instances": [', "application/json")
+    started = time.monotonic()
+    answers = []
+    for conn in (native, tf_serving):
+        conn.settimeout(timeout + 10)
+        answers.append(_read_answer(conn))
+        conn.close()
+    waited = time.monotonic() - started
+    assert answers[0].startswith(b"HTTP/1.1 408"), answers[0][:300]
+    assert b'"type":"request_timeout"' in answers[0]
+    assert b"TRAINSERVE_BODY_TIMEOUT" in answers[0]
+    assert answers[1].startswith(b"HTTP/1.1 408"), answers[1][:300]
+    assert b'{"error":"the request body stopped arriving' in answers[1]  # TF Serving's own format
+    assert timeout - 0.5 <= waited <= timeout + 2.5, waited
+    hostile.assert_alive()
 
 
 def test_bodies_in_flight_share_one_budget(hostile: Hostile) -> None:

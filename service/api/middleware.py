@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import time
 from collections.abc import Sequence
 
 from starlette.exceptions import HTTPException
@@ -137,6 +138,58 @@ class InflightBudget:
         self.used -= count
 
 
+class BodyDeadlines:
+    """One watcher for every request body being received: a request that has waited longer than ``timeout`` for
+    the next piece of its body is cancelled where it waits, and answered 408. A timer per piece (``asyncio.timeout``)
+    would cost more than parsing a small prediction; here a piece costs a clock reading and a dict entry, and the
+    watcher wakes at most four times per timeout while anything waits."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.tick = min(1.0, timeout / 4)
+        self.waiting: dict[asyncio.Task[object], float] = {}
+        self.stalled: set[asyncio.Task[object]] = set()
+        self.watcher: asyncio.Task[None] | None = None
+
+    async def receive(self, receive: Receive) -> Message:
+        task = asyncio.current_task()
+        if task is None:  # not in a task: nothing to cancel, so wait as the server says
+            return await receive()
+        self.waiting[task] = time.monotonic()
+        if self.watcher is None or self.watcher.get_loop() is not task.get_loop():
+            self.watcher = task.get_loop().create_task(self._watch())
+        try:
+            return await receive()
+        except asyncio.CancelledError:
+            if task not in self.stalled:
+                raise
+            self.stalled.discard(task)
+            task.uncancel()
+            raise HTTPException(
+                408, f"the request body stopped arriving for {self.timeout:g} s (TRAINSERVE_BODY_TIMEOUT)"
+            ) from None
+        finally:
+            self.waiting.pop(task, None)
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self.waiting:
+                await asyncio.sleep(self.tick)
+                late = time.monotonic() - self.timeout
+                for task, since in list(self.waiting.items()):
+                    if task.get_loop() is not loop:
+                        if task.get_loop().is_closed():
+                            self.waiting.pop(task, None)  # left by a loop that has ended (a test's)
+                        continue
+                    if since < late and task not in self.stalled:
+                        self.stalled.add(task)
+                        task.cancel()
+        finally:
+            if self.watcher is asyncio.current_task():
+                self.watcher = None
+
+
 # A body declared this small is charged to the budget at once, from its Content-Length, rather than as it arrives:
 # the server reads at most that many bytes for it, and one charge costs less than one per piece.
 SMALL_BODY = 64 * 1024
@@ -175,7 +228,7 @@ class BodyGuard:
         self.upload_paths = None if any("{" in path for path in paths) else tuple(paths)
         self.upload_max_bytes = upload_max_bytes
         self.budget = budget
-        self.timeout = timeout
+        self.deadlines = BodyDeadlines(timeout)
         self.messages = {
             True: f"the file is larger than the upload limit of {upload_file_bytes:,} bytes "
             f"(TRAINSERVE_MAX_UPLOAD_BYTES)",
@@ -215,14 +268,7 @@ class BodyGuard:
             nonlocal received, charged, complete
             if complete:
                 return await receive()
-            try:
-                async with asyncio.timeout(self.timeout):
-                    message = await receive()
-            except TimeoutError:
-                raise HTTPException(
-                    408,
-                    f"the request body stopped arriving for {self.timeout:g} s (TRAINSERVE_BODY_TIMEOUT)",
-                ) from None
+            message = await self.deadlines.receive(receive)
             if message["type"] != "http.request":
                 return message
             size = len(message.get("body", b""))
