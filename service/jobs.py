@@ -212,6 +212,13 @@ def record_epoch(
     return True
 
 
+def record_execution(*, session: Session, job_id: str, worker_id: str, attempt: int, execution: dict[str, Any]) -> bool:
+    """Note how this attempt's training runs (its ``keras_build.Execution``); False if the job is no longer its."""
+    return _changed(
+        session.execute(update(JobRow).where(*_holds(job_id, worker_id, attempt)).values(execution=execution))
+    )
+
+
 def complete_job(
     *,
     session: Session,

@@ -63,6 +63,8 @@ ACTIVATIONS: tuple[str, ...] = (
 )
 
 # Losses for classification targets, with how the labels are fed to each.
+# More steps per call into TensorFlow than this save nothing measurable and delay a cancel.
+MAX_STEPS_PER_EXECUTION = 10_000
 SPARSE_LOSSES = ("sparse_categorical_crossentropy",)
 BINARY_LOSSES = ("binary_crossentropy", "binary_focal_crossentropy")
 ONE_HOT_LOSSES = (
@@ -595,6 +597,18 @@ class FitSpec(Strict):
     validation_split: float = Field(default=0.0, ge=0.0, lt=1.0, description="Fraction used for val_* metrics.")
     seed: int | None = Field(default=None, description="Seeds Python, NumPy and Keras for a repeatable run.")
     shuffle: bool = True
+    steps_per_execution: Annotated[int, Field(ge=1, le=MAX_STEPS_PER_EXECUTION)] | Literal["auto"] = Field(
+        default="auto",
+        description="Training steps run per call into TensorFlow, as Keras' compile() takes it. The same arithmetic "
+        "and the same numbers at any value; more steps per call spend less time between them. 'auto' chooses from "
+        "the model's size so that one call takes a fraction of a second (a cancel or the time limit acts at the next "
+        "call); the job records what was used.",
+    )
+    jit_compile: bool | Literal["auto"] = Field(
+        default="auto",
+        description="Compile the training step with XLA, as Keras' compile() takes it. 'auto' is Keras' own choice: "
+        "XLA only where there is an accelerator (on CPUs it measured slower).",
+    )
 
 
 class TrainRequest(Strict):

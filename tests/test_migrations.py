@@ -13,13 +13,17 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, make_url, text
 
-from service.db import Base, get_engine, migrate
+from service.db import MIGRATIONS, Base, get_engine, migrate
 from service.settings import Settings
 from tests import legacy_schema
 from tests.conftest import chapter_request
+
+# The newest revision, as the scripts in service/migrations/versions say.
+HEAD = ScriptDirectory(str(MIGRATIONS)).get_current_head()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -41,7 +45,7 @@ def test_a_new_database_has_exactly_the_tables_the_code_declares(empty_database:
     engine = get_engine(empty_database)  # migrates
     with engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
-        assert context.get_current_revision() == migrate(engine) == "0002"
+        assert context.get_current_revision() == migrate(engine) == HEAD
         assert compare_metadata(context, Base.metadata) == []
 
 
@@ -165,6 +169,7 @@ def test_a_database_of_the_last_release_is_upgraded_and_read_back(empty_database
         assert [row["epoch"] for row in job["history"]] == [1, 2, 3]
         assert job["history"][2] == {"epoch": 3, "loss": pytest.approx(1 / 3), "accuracy": pytest.approx(0.9)}
         assert job["created_at"] == "2026-11-20T09:00:00Z"
+        assert job["execution"] is None  # trained before jobs recorded it
         model: dict[str, Any] = client.get(f"/models/{MODEL_ID}").json()
         assert (model["name"], model["version"], model["total_params"]) == ("digits relu + adam", 1, 7510)
         assert client.get("/models", params={"limit": 5}).json()["count"] == 1
@@ -176,4 +181,4 @@ def test_a_database_of_the_last_release_is_upgraded_and_read_back(empty_database
         assert "trainserve_epoch_duration_seconds_count 3.0" in metrics
         assert 'trainserve_epoch_duration_seconds_bucket{le="0.5"} 1.0' in metrics
     with get_engine(empty_database).connect() as connection:
-        assert MigrationContext.configure(connection).get_current_revision() == "0002"
+        assert MigrationContext.configure(connection).get_current_revision() == HEAD

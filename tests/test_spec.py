@@ -241,3 +241,32 @@ def test_parameter_estimate_equals_keras_count() -> None:
         spec = TrainRequest.model_validate({**chapter_request(), "model": body}).model
         keras.backend.clear_session()
         assert estimate_params(spec) == build_model(spec).count_params()
+
+
+def test_steps_per_execution_follow_the_model_size() -> None:
+    from service.keras_build import AUTO_STEPS_CAP, multiply_adds, plan_steps
+    from service.spec import FitSpec
+
+    chapter = TrainRequest.model_validate(chapter_request("fashion_mnist", "sigmoid"))
+    dense = build_model(chapter.model)
+    assert multiply_adds(dense) == 79_510  # each weight once per sample
+    fit = FitSpec(batch_size=32)
+    # 6 flops per multiply-add per sample at 5 Gflop/s: 3 ms a step, 81 steps to a quarter of a second
+    assert plan_steps(dense, fit, rows=60_000) == 81
+    assert plan_steps(dense, FitSpec(batch_size=1), rows=60_000) == AUTO_STEPS_CAP
+    assert plan_steps(dense, fit, rows=100) == 4  # never more than an epoch's steps
+    assert plan_steps(dense, FitSpec(batch_size=32, validation_split=0.5), rows=1000) == 16
+    assert plan_steps(dense, FitSpec(steps_per_execution=5), rows=60_000) == 5
+
+    conv_body = chapter_request("fashion_mnist")
+    conv_body["model"]["layers"] = [
+        {"type": "reshape", "target_shape": [28, 28, 1]},
+        {"type": "conv2d", "filters": 64, "kernel_size": 3, "activation": "relu"},
+        {"type": "conv2d", "filters": 64, "kernel_size": 3, "activation": "relu"},
+        {"type": "flatten"},
+        {"type": "dense", "units": 10, "activation": "softmax"},
+    ]
+    conv = build_model(TrainRequest.model_validate(conv_body).model)
+    # a convolution's weights are used once per output pixel: 640·26² + 36,928·24² + 368,650
+    assert multiply_adds(conv) == 640 * 26 * 26 + 36_928 * 24 * 24 + 368_650
+    assert plan_steps(conv, fit, rows=60_000) == 1

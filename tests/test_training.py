@@ -345,3 +345,38 @@ def test_pixels_become_one_float32_array_with_the_rescale(rescale: float | None)
     assert splits.x_test.dtype == np.float32
     assert np.array_equal(splits.x_train, expected)
     assert np.array_equal(splits.x_test, expected[:2])
+
+
+def test_steps_per_execution_changes_no_number(client: TestClient) -> None:
+    """The service's default runs many steps per call into TensorFlow; one step per call (plain `model.fit`) gives
+    the same history, evaluation and predictions, and each job records how it ran."""
+    jobs = []
+    for steps in ("auto", 1):
+        body = chapter_request(epochs=3)
+        body["fit"] |= {"seed": 7, "shuffle": True, "validation_split": 0.2, "steps_per_execution": steps}
+        jobs.append(train(client, body))
+    fast, plain = jobs
+    assert fast["status"] == plain["status"] == "succeeded", (fast["error"], plain["error"])
+    # digits: 1,437 training rows, 0.2 of them for validation → 36 steps of 32 per epoch, all in one call
+    assert fast["execution"] == {"steps_per_execution": 36, "jit_compile": False}
+    assert plain["execution"] == {"steps_per_execution": 1, "jit_compile": False}
+    for ours, theirs in zip(fast["history"], plain["history"], strict=True):
+        assert ours.keys() == theirs.keys()
+        for key in ours:
+            assert ours[key] == pytest.approx(theirs[key], abs=1e-6), key
+    assert fast["evaluation"] == pytest.approx(plain["evaluation"], abs=1e-6)
+    digits = load_digits().images[:20].tolist()
+    answers = [
+        client.post("/predict", json={"model_id": job["model_id"], "instances": digits}).json()["predictions"]
+        for job in jobs
+    ]
+    assert np.allclose(answers[0], answers[1], atol=1e-6)
+
+
+def test_training_options_are_refused_by_name(client: TestClient) -> None:
+    for fit, path in (({"steps_per_execution": 0}, "steps_per_execution"), ({"jit_compile": "yes"}, "jit_compile")):
+        body = chapter_request()
+        body["fit"] |= fit
+        response = client.post("/train", json=body)
+        assert response.status_code == 422, response.text
+        assert any(error["path"].startswith(f"fit.{path}") for error in response.json()["error"]["errors"])

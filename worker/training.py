@@ -6,6 +6,7 @@ pool children import it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -354,8 +355,18 @@ def _train(run: JobRun, request: TrainRequest) -> str:
     display = build_model(request.model)
     summary = summarize(display)  # the user's names, before compile, as model.summary() reads in a notebook
     model = runnable_copy(request.model, display)
-    compile_model(model, request.compile)
+    execution = compile_model(model, request.compile, request.fit, rows=len(splits.x_train))
     model.train_step = types.MethodType(train_step, model)
+    with session_scope(settings.database_url) as session:
+        if not jobs.record_execution(
+            session=session,
+            job_id=job_id,
+            worker_id=run.worker_id,
+            attempt=run.attempt,
+            execution=dataclasses.asdict(execution),
+        ):
+            raise JobStoppedError("lost")
+    log.info("job %s: %d steps per execution, XLA %s", job_id, execution.steps_per_execution, execution.jit_compile)
     history = model.fit(
         splits.x_train,
         splits.y_train,

@@ -41,6 +41,11 @@ class JobError(BaseModel):
     message: str
 
 
+class Execution(BaseModel):
+    steps_per_execution: int = Field(description="Training steps per call into TensorFlow.")
+    jit_compile: bool = Field(description="Whether the training step is compiled with XLA.")
+
+
 class JobRead(BaseModel):
     job_id: str
     name: str | None
@@ -54,6 +59,10 @@ class JobRead(BaseModel):
         description="One row per finished epoch: epoch, loss, every metric and the val_* ones."
     )
     evaluation: dict[str, Any] | None = Field(description="Metrics on the held-out split, when there is one.")
+    execution: Execution | None = Field(
+        description="How the training runs in TensorFlow, the request's 'auto' options resolved; null until a "
+        "worker has built the model."
+    )
     model_id: str | None
     error: JobError | None
     cancel_requested: bool
@@ -74,6 +83,7 @@ class JobRead(BaseModel):
             progress=Progress(epoch=job.epoch, epochs=job.epochs),
             history=history,
             evaluation=job.evaluation,
+            execution=Execution(**job.execution) if job.execution else None,
             model_id=job.model_id,
             error=error,
             cancel_requested=job.cancel_requested,
