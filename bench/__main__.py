@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 import shutil
 import statistics
@@ -52,8 +53,9 @@ def train_in_service(base: str, spec: dict[str, Any]) -> tuple[float, dict[str, 
     return seconds, job
 
 
-def train_in_process(spec: dict[str, Any]) -> float:
-    """The same training as a plain Keras script: load, scale, build, fit, evaluate."""
+def train_in_process(spec: dict[str, Any]) -> tuple[float, float]:
+    """The same training as a plain Keras script (load, scale, build, default compile(), fit, evaluate): its
+    seconds and its last val_loss."""
     import keras
 
     start = time.perf_counter()
@@ -71,7 +73,7 @@ def train_in_process(spec: dict[str, Any]) -> float:
     )
     model.compile(optimizer=spec["compile"]["optimizer"], loss=spec["compile"]["loss"], metrics=["accuracy"])
     fit = spec["fit"]
-    model.fit(
+    history = model.fit(
         x,
         y.astype(np.int64),
         epochs=fit["epochs"],
@@ -80,7 +82,7 @@ def train_in_process(spec: dict[str, Any]) -> float:
         verbose=0,
     )
     model.evaluate(x_test, y_test.astype(np.int64), batch_size=256, verbose=0)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, float(history.history["val_loss"][-1])
 
 
 def warm_up_keras() -> None:
@@ -129,20 +131,31 @@ def main() -> None:
             # fastest run counts. TensorFlow's one-time start-up is paid before either is timed.
             warm_up_keras()
             plain_fits, service_fits = [], []
+            plain_loss = service_loss = math.nan
             for attempt in range(1, args.training_runs + 1):
                 print(f"training run {attempt}: plain Keras in this process …", flush=True)
-                plain_fits.append(train_in_process(spec))
-                print(f"  {plain_fits[-1]:.1f} s; the same job through the service …", flush=True)
+                seconds, plain_loss = train_in_process(spec)
+                plain_fits.append(seconds)
+                print(f"  {seconds:.1f} s; the same job through the service …", flush=True)
                 seconds, job = train_in_service(base, spec)
                 service_fits.append(seconds)
-                print(f"  {seconds:.1f} s", flush=True)
+                service_loss = job["history"][-1]["val_loss"]
+                print(f"  {seconds:.1f} s ({job['execution']})", flush=True)
             plain_fit, service_fit = min(plain_fits), min(service_fits)
             rows.append(
                 (
                     "5-epoch training job, POST /train → succeeded",
                     f"{service_fit:.1f} s",
                     f"plain load + fit + evaluate: {plain_fit:.1f} s",
-                    f"{service_fit / plain_fit:.2f}× the time (target ≤ 1.10×)",
+                    f"{service_fit / plain_fit:.2f}× the time (target ≤ 0.6×)",
+                )
+            )
+            rows.append(
+                (
+                    "the same job's last val_loss",
+                    f"{service_loss:.6g}",
+                    f"plain script's: {plain_loss:.6g}",
+                    f"differs by {abs(service_loss - plain_loss):.1e} (target ≤ 1e-3)",
                 )
             )
             model_id = job["model_id"]

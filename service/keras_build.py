@@ -91,16 +91,20 @@ def build_model(spec: ModelSpec, names: Sequence[str] | None = None, model_name:
 
 
 def runnable_copy(spec: ModelSpec, display: keras.Sequential) -> keras.Sequential:
-    """The same architecture as ``display`` (built from ``spec``), under names TensorFlow can run.
+    """The same architecture and initial weights as ``display`` (built from ``spec``), under names TensorFlow can
+    run.
 
     Keras on TensorFlow cannot fit or call a model whose model or layer names hold spaces or non-ASCII
     characters (``'패션 MNIST 모델' is not a valid root scope name``), though it builds and summarises it.
     """
-    return build_model(
+    copy = build_model(
         spec,
         names=[runnable_name(layer.name) for layer in display.layers],
         model_name=runnable_name(display.name),
     )
+    # The first model built after the seed is set starts from the weights the same script would have drawn.
+    copy.set_weights(display.get_weights())
+    return copy
 
 
 @dataclass(frozen=True)

@@ -380,3 +380,32 @@ def test_training_options_are_refused_by_name(client: TestClient) -> None:
         response = client.post("/train", json=body)
         assert response.status_code == 422, response.text
         assert any(error["path"].startswith(f"fit.{path}") for error in response.json()["error"]["errors"])
+
+
+def test_a_seeded_job_reproduces_the_learners_script(client: TestClient) -> None:
+    """The chapter's relu + Adam model on digits, seeded: the service's job (many steps per call) and the script a
+    learner writes with plain Keras (default compile(), one step per call) report the same epochs."""
+    from sklearn.model_selection import train_test_split
+
+    body = chapter_request(epochs=3)
+    job = train(client, body)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["execution"]["steps_per_execution"] > 1
+
+    digits = load_digits()
+    x, _, y, _ = train_test_split(digits.images, digits.target, test_size=0.2, random_state=42, stratify=digits.target)
+    x = x * np.float32(body["dataset"]["rescale"])
+    keras.utils.set_random_seed(body["fit"]["seed"])
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(100, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    history = model.fit(x, y, epochs=3, batch_size=32, validation_split=0.2, verbose=0).history
+    for epoch, row in enumerate(job["history"]):
+        for key in ("loss", "val_loss", "accuracy", "val_accuracy"):
+            assert row[key] == pytest.approx(history[key][epoch], abs=1e-4), (epoch, key)
