@@ -62,9 +62,9 @@ ACTIVATIONS: tuple[str, ...] = (
     "threshold",
 )
 
-# Losses for classification targets, with how the labels are fed to each.
 # More steps per call into TensorFlow than this save nothing measurable and delay a cancel.
 MAX_STEPS_PER_EXECUTION = 10_000
+# Losses for classification targets, with how the labels are fed to each.
 SPARSE_LOSSES = ("sparse_categorical_crossentropy",)
 BINARY_LOSSES = ("binary_crossentropy", "binary_focal_crossentropy")
 ONE_HOT_LOSSES = (
