@@ -182,19 +182,30 @@ def live_url(settings: Settings, worker: WorkerProcess, tmp_path_factory: pytest
         yield url
 
 
-def chapter_model_in_keras(hidden: str = "hidden", output: str = "output") -> Any:
-    """The chapter's model written directly in Keras, as its reader would: the reference our summaries must match."""
+def chapter_model_in_keras(
+    hidden: str = "hidden",
+    output: str = "output",
+    input_shape: tuple[int, ...] = (28, 28),
+    activation: str = "sigmoid",
+    name: str = "패션 MNIST 모델",
+    seed: int | None = None,
+) -> Any:
+    """The chapter's model written directly in Keras, as its reader would: the reference our summaries and
+    trainings must match (the book's Fashion-MNIST sigmoid model by default; ``seed`` as the script would set it
+    before building)."""
     import keras
 
     keras.backend.clear_session()
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
     return keras.Sequential(
         [
-            keras.Input((28, 28)),
+            keras.Input(input_shape),
             keras.layers.Flatten(),
-            keras.layers.Dense(100, activation="sigmoid", name=hidden),
+            keras.layers.Dense(100, activation=activation, name=hidden),
             keras.layers.Dense(10, activation="softmax", name=output),
         ],
-        name="패션 MNIST 모델",
+        name=name,
     )
 
 

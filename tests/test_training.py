@@ -395,15 +395,7 @@ def test_a_seeded_job_reproduces_the_learners_script(client: TestClient) -> None
     digits = load_digits()
     x, _, y, _ = train_test_split(digits.images, digits.target, test_size=0.2, random_state=42, stratify=digits.target)
     x = x * np.float32(body["dataset"]["rescale"])
-    keras.utils.set_random_seed(body["fit"]["seed"])
-    model = keras.Sequential(
-        [
-            keras.Input((8, 8)),
-            keras.layers.Flatten(),
-            keras.layers.Dense(100, activation="relu"),
-            keras.layers.Dense(10, activation="softmax"),
-        ]
-    )
+    model = chapter_model_in_keras(input_shape=(8, 8), activation="relu", name="digits", seed=body["fit"]["seed"])
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     history = model.fit(x, y, epochs=3, batch_size=32, validation_split=0.2, verbose=0).history
     for epoch, row in enumerate(job["history"]):
