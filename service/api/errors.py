@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import Match, Route
 
-from service.serving.codecs import tfserving, v2
+from service.serving.codecs import shared, tfserving, v2
 from service.serving.errors import (
     InvalidInputError,
     ModelNotFoundError,
@@ -97,8 +97,9 @@ def error_response(
     """An error in the format of the protocol ``path`` belongs to."""
     protocol = protocol_of(path)
     if protocol != "native":
-        render = tfserving.render if protocol == "tfserving" else v2.render
-        return Response(render(short(message)), 400 if status == 422 else status, headers=headers, media_type=JSON)
+        return Response(
+            shared.render(short(message)), 400 if status == 422 else status, headers=headers, media_type=JSON
+        )
     items = [
         ErrorItem(
             path=short(e.path, 200),

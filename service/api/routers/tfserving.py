@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request, Response
 from service.api.deps import EngineDep, bodies_of, engine_of
 from service.api.params import ModelVersion, ServableModelName
 from service.registry import ModelRef
-from service.serving.codecs import tfserving
+from service.serving.codecs import shared, tfserving
 from service.serving.codecs.tfserving import INPUT_NAME, SIGNATURE
 from service.serving.engine import Engine, ModelInfo
 from service.serving.errors import ModelNotFoundError
@@ -23,7 +23,7 @@ router = APIRouter(prefix="/v1/models", tags=["TensorFlow Serving"])
 
 Name = ServableModelName
 Version = ModelVersion
-RESPONSES = tfserving.OPENAPI_ERRORS
+RESPONSES = shared.OPENAPI_ERRORS
 PREDICT_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -61,7 +61,7 @@ PREDICT_BODY: dict[str, Any] = {
 
 
 def _json(content: Any) -> Response:
-    return Response(tfserving.encode(content), media_type="application/json")
+    return Response(shared.encode(content), media_type="application/json")
 
 
 async def _infos(engine: Engine, name: str, version_text: str | None) -> list[ModelInfo]:

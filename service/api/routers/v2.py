@@ -17,7 +17,7 @@ from service.api.deps import EngineDep, bodies_of, engine_of
 from service.api.params import ModelName, ModelVersion
 from service.db import session_factory
 from service.registry import ModelRef
-from service.serving.codecs import v2
+from service.serving.codecs import shared, v2
 from service.serving.codecs.v2 import DATATYPE, HEADER_LENGTH, INPUT_NAME, OUTPUT_NAME
 from service.serving.engine import Engine, ModelInfo
 from service.serving.errors import ModelNotFoundError
@@ -26,7 +26,7 @@ router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
 
 Name = ModelName
 Version = ModelVersion
-RESPONSES = v2.OPENAPI_ERRORS
+RESPONSES = shared.OPENAPI_ERRORS
 _PARAMETERS = {"type": "object", "description": "Extension parameters, e.g. binary_data_size."}
 INFER_BODY: dict[str, Any] = {
     "requestBody": {
@@ -82,7 +82,7 @@ INFER_BODY: dict[str, Any] = {
 
 
 def _json(content: Any, status: int = 200) -> Response:
-    return Response(v2.encode(content), status, media_type="application/json")
+    return Response(shared.encode(content), status, media_type="application/json")
 
 
 def _unknown(name: str, version: int | None) -> ModelNotFoundError:

@@ -1,6 +1,6 @@
 """What TensorFlow Serving's REST API and the Open Inference Protocol share: an error is ``{"error": "<message>"}``,
 answers are JSON with NumPy arrays in them, and a version in the path is a whole number. Each protocol keeps its own
-status table and wording."""
+wording for a model that is not there."""
 
 from __future__ import annotations
 
@@ -9,9 +9,26 @@ from typing import Any
 import orjson
 
 from service.registry import parse_version
-from service.serving.errors import InvalidInputError
+from service.serving.errors import (
+    InvalidInputError,
+    ModelNotFoundError,
+    ServingError,
+    StoreIntegrityError,
+    TooManyInstancesError,
+)
 
 ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
+# The status of each failure, as TF Serving and the Open Inference Protocol's servers answer it.
+STATUS: dict[type[ServingError], int] = {
+    ModelNotFoundError: 404,
+    InvalidInputError: 400,
+    TooManyInstancesError: 413,
+    StoreIntegrityError: 500,
+}
+# The error body, as /docs shows it for each status above.
+OPENAPI_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"content": {"application/json": {"schema": ERROR_SCHEMA}}} for status in sorted(set(STATUS.values()))
+}
 
 
 def render(message: str) -> bytes:
@@ -19,9 +36,11 @@ def render(message: str) -> bytes:
     return orjson.dumps({"error": message})
 
 
-def openapi_errors(statuses: set[int]) -> dict[int | str, dict[str, Any]]:
-    """The error body, as /docs shows it for each of these statuses."""
-    return {status: {"content": {"application/json": {"schema": ERROR_SCHEMA}}} for status in sorted(statuses)}
+def error(exc: ServingError, not_found: str) -> tuple[int, bytes]:
+    """The status and body of a failure; a missing model is answered with the protocol's own ``not_found``."""
+    if isinstance(exc, ModelNotFoundError):
+        return 404, render(not_found)
+    return STATUS.get(type(exc), 500), render(exc.message)
 
 
 def encode(content: Any) -> bytes:

@@ -16,34 +16,16 @@ from service.serving.codecs.arrays import BodyBytes, FloatArray, batch_from_json
 from service.serving.engine import ModelInfo
 from service.serving.errors import (
     InvalidInputError,
-    ModelNotFoundError,
     ServingError,
-    StoreIntegrityError,
-    TooManyInstancesError,
 )
 
 SIGNATURE = "serving_default"
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
-# The status of each failure, as TF Serving answers it.
-STATUS: dict[type[ServingError], int] = {
-    ModelNotFoundError: 404,
-    InvalidInputError: 400,
-    TooManyInstancesError: 413,
-    StoreIntegrityError: 500,
-}
-
-
-# The protocol's error body, as /docs shows it for each status above.
-OPENAPI_ERRORS = shared.openapi_errors(set(STATUS.values()))
-render = shared.render
-encode = shared.encode
 
 
 def error(exc: ServingError, name: str = "", version: int | None = None) -> tuple[int, bytes]:
-    if isinstance(exc, ModelNotFoundError):
-        return 404, render(f"Servable not found for request: {servable(name, version)}")
-    return STATUS.get(type(exc), 500), render(exc.message)
+    return shared.error(exc, f"Servable not found for request: {servable(name, version)}")
 
 
 def servable(name: str, version: int | None) -> str:
@@ -124,7 +106,7 @@ def to_batch(request: Request, info: ModelInfo, check_count: Callable[[int], Non
 
 
 def answer(request: Request, outputs: FloatArray) -> bytes:
-    return encode({"predictions": outputs} if request.format == "instances" else {"outputs": outputs})
+    return shared.encode({"predictions": outputs} if request.format == "instances" else {"outputs": outputs})
 
 
 def _row_format(instances: Any, info: ModelInfo, check_count: Callable[[int], None]) -> FloatArray:

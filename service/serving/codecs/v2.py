@@ -18,10 +18,7 @@ from service.serving.codecs.arrays import BodyBytes, FloatArray, finite_batch
 from service.serving.engine import ModelInfo
 from service.serving.errors import (
     InvalidInputError,
-    ModelNotFoundError,
     ServingError,
-    StoreIntegrityError,
-    TooManyInstancesError,
 )
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -30,26 +27,11 @@ PLATFORM = "keras_tensorflow"
 EXTENSIONS = ["binary_tensor_data"]
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
-# The status of each failure, as the protocol's servers answer it.
-STATUS: dict[type[ServingError], int] = {
-    ModelNotFoundError: 404,
-    InvalidInputError: 400,
-    TooManyInstancesError: 413,
-    StoreIntegrityError: 500,
-}
-
-
-# The protocol's error body, as /docs shows it for each status above.
-OPENAPI_ERRORS = shared.openapi_errors(set(STATUS.values()))
-render = shared.render
-encode = shared.encode
 
 
 def error(exc: ServingError, name: str = "", version: int | None = None) -> tuple[int, bytes]:
-    if isinstance(exc, ModelNotFoundError):
-        what = f"version {version} of model {name!r}" if version is not None else f"model {name!r}"
-        return 404, render(f"Request for unknown model: {what} is not found")
-    return STATUS.get(type(exc), 500), render(exc.message)
+    what = f"version {version} of model {name!r}" if version is not None else f"model {name!r}"
+    return shared.error(exc, f"Request for unknown model: {what} is not found")
 
 
 def version_of(text: str | None) -> int | None:
@@ -204,7 +186,7 @@ def answer(request: Request, info: ModelInfo, outputs: FloatArray, binary: bool)
     content["outputs"] = [output]
     if not binary:
         output["data"] = outputs.reshape(-1)
-        return Answer(encode(content), "application/json", {})
+        return Answer(shared.encode(content), "application/json", {})
     data = outputs.astype("<f4", copy=False).tobytes()
     output["parameters"] = {"binary_data_size": len(data)}
     header = orjson.dumps(content)
