@@ -138,6 +138,7 @@ def _small_job() -> dict[str, Any]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # two hundred trainings: the same bound as the jobs' own deadline in _run_jobs
 def test_two_hundred_jobs_leave_the_worker_as_they_found_it(soak: tuple[TestClient, psutil.Process]) -> None:
     client, worker = soak
     warm = _run_jobs(client, 20, _small_job())
