@@ -157,6 +157,9 @@ class ModelRow(Base):
     path: Mapped[str] = mapped_column(String(500))
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
+    # Its LiteRT flatbuffer beside the .keras file: {"sha256", "size_bytes"}, or {"error"} if it did not convert;
+    # None for a model published before flatbuffers were made.
+    litert: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 

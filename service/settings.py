@@ -149,6 +149,13 @@ class Settings(BaseSettings):
         "compiled in the background on first use. `auto`: each batch size keeps XLA or the plain graph, "
         "whichever is faster when timed after compiling; `always`; `never`: the graph only.",
     )
+    predict_litert: Literal["auto", "always", "never"] = Field(
+        default="auto",
+        description="LiteRT for batches up to `max_batch_size`: each model is converted to a TFLite flatbuffer "
+        "when it is published (stored beside its .keras file), and an API process that loads it checks its outputs "
+        "against TensorFlow's on a probe batch. `auto`: each padded batch size keeps LiteRT, XLA or the graph, "
+        "whichever is fastest when timed; `always`: LiteRT wherever it runs; `never`: no conversion, no LiteRT.",
+    )
     max_predict_instances: int = Field(
         default=10_000, ge=1, description="Most instances one predict request may carry (413 beyond)."
     )

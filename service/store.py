@@ -1,4 +1,5 @@
-"""The model store: one ``<model_id>.keras`` file per trained model, written atomically, checked by sha256."""
+"""The model store: per trained model a ``<model_id>.keras`` file and its LiteRT flatbuffer ``<model_id>.tflite``,
+each written atomically and checked by its sha256 when read."""
 
 from __future__ import annotations
 
@@ -14,10 +15,14 @@ class StoreError(Exception):
     """A stored model file is missing or is not the file this service wrote."""
 
 
-def model_path(store: Path, model_id: str) -> Path:
+def model_path(store: Path, model_id: str, suffix: str = ".keras") -> Path:
     if not is_id(model_id):
         raise ValueError(f"not a model id: {model_id!r}")
-    return store / f"{model_id}.keras"
+    return store / f"{model_id}{suffix}"
+
+
+def litert_path(store: Path, model_id: str) -> Path:
+    return model_path(store, model_id, ".tflite")
 
 
 def sha256_file(path: Path) -> str:
@@ -28,10 +33,10 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def temporary_path(store: Path) -> Path:
+def temporary_path(store: Path, suffix: str = ".keras") -> Path:
     """A fresh path in the store's directory (same filesystem, so the final rename is atomic)."""
     store.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=store, prefix=".incoming-", suffix=".keras")
+    fd, name = tempfile.mkstemp(dir=store, prefix=".incoming-", suffix=suffix)
     os.close(fd)
     return Path(name)
 
@@ -43,6 +48,27 @@ def publish(temp: Path, final: Path) -> str:
         os.fsync(f.fileno())
     os.replace(temp, final)
     return digest
+
+
+def write(store: Path, final: Path, content: bytes) -> str:
+    """Write ``content`` to ``final`` atomically (a temporary file, synced, renamed); returns its sha256."""
+    temp = temporary_path(store, final.suffix)
+    try:
+        temp.write_bytes(content)
+        return publish(temp, final)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def verified_bytes(path: Path, sha256: str, what: str) -> bytes:
+    """The file's content, if it is the one whose sha256 was recorded (read once: what is checked is what is used)."""
+    try:
+        content = path.read_bytes()
+    except FileNotFoundError:
+        raise StoreError(f"the {what} is missing from the store") from None
+    if hashlib.sha256(content).hexdigest() != sha256:
+        raise StoreError(f"the {what} does not match the sha256 recorded when it was saved")
+    return content
 
 
 def verified_path(store: Path, model_id: str, sha256: str) -> Path:

@@ -53,6 +53,7 @@ DIGITS = ModelInfo(
     rescale=None,
     class_names=None,
     activation_bytes=4 * (64 + 64 + 100 + 10),
+    litert_sha256=None,
 )
 
 

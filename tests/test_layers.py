@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("service", "worker", "bench", "tests")
-FRAMEWORKS = ("fastapi", "starlette", "uvicorn", "celery", "kombu", "keras", "tensorflow", "pydantic")
+FRAMEWORKS = ("fastapi", "starlette", "uvicorn", "celery", "kombu", "keras", "tensorflow", "pydantic", "ai_edge_litert")
 
 
 @dataclass(frozen=True)

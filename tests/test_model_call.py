@@ -1,15 +1,18 @@
-"""A model's compiled call: XLA per padded batch size, compiled in the background, the graph otherwise; every
-answer equal to Keras' own."""
+"""A model's compiled call: per padded batch size LiteRT (the model's flatbuffer) or XLA, decided in the background,
+the graph otherwise; every answer equal to Keras' own."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from service.serving import litert
+from service.serving.litert import LiteRtModel
 from service.serving.model_call import ModelCall, buckets_for
 
 RESCALE = 1 / 16
@@ -112,3 +115,125 @@ def test_a_model_xla_cannot_compile_keeps_the_graph(compiler: ThreadPoolExecutor
     call.settle()
     assert call.choices == {2: "graph"}
     assert np.allclose(call(x), np.sin(x).reshape(2, -1), atol=1e-6)
+
+
+# LiteRT: the model converted to a flatbuffer, as the worker does when it publishes it.
+
+
+@pytest.fixture(scope="module")
+def flatbuffer(model: Any) -> bytes:
+    return litert.convert(model)
+
+
+def test_litert_answers_as_keras_on_every_layer_type(
+    model: Any, flatbuffer: bytes, compiler: ThreadPoolExecutor
+) -> None:
+    runtime = LiteRtModel(flatbuffer, (8, 8), RESCALE)
+    call = ModelCall(
+        model, (8, 8), RESCALE, max_batch_size=8, compiler=compiler, xla="never", litert=runtime, litert_mode="always"
+    )
+    assert call.litert is runtime
+    assert call.litert_refusal is None
+    sizes = (1, 2, 3, 5, 8, 9, 30)
+    for x in batches(*sizes):
+        call(x)
+    call.settle()
+    assert call.choices == {1: "litert", 2: "litert", 4: "litert", 8: "litert"}
+    before = call.calls.copy()
+    for x in batches(*sizes):
+        answer = call(x)
+        assert answer.shape == (len(x), 10)
+        assert np.allclose(answer, keras_answer(model, x), atol=1e-5)
+    assert call.calls - before == {"graph": 2, "litert": 5}  # 9 and 30 are beyond the buckets
+
+
+def test_litert_answers_as_keras_with_every_activation(compiler: ThreadPoolExecutor) -> None:
+    """Every activation a layer may name, in one chain of dense layers (``glu`` halves its input, so it ends a chain
+    of its own; ``threshold`` takes arguments no layer gives it: Keras itself cannot call it from a layer)."""
+    import keras
+
+    from service.spec import ACTIVATIONS
+
+    keras.utils.set_random_seed(5)
+    chained = [a for a in ACTIVATIONS if a not in ("glu", "threshold")]
+    rng = np.random.default_rng(1)
+    x = (rng.normal(size=(8, 6)) * 3).astype(np.float32)
+    for activations in (chained, ["relu", "glu"]):
+        inputs = keras.Input((6,))
+        outputs = inputs
+        for activation in activations:
+            outputs = keras.layers.Dense(6, activation=activation)(outputs)
+        model = keras.Model(inputs, outputs)
+        runtime = LiteRtModel(litert.convert(model), (6,), None)
+        call = ModelCall(
+            model, (6,), None, max_batch_size=8, compiler=compiler, xla="never", litert=runtime, litert_mode="always"
+        )
+        assert call.litert is runtime, call.litert_refusal
+        call.compile_all()
+        call.settle()
+        assert np.allclose(call(x), model.predict_on_batch(x), atol=1e-5)
+        assert call.calls["litert"] == 1
+
+
+def test_a_flatbuffer_that_answers_otherwise_is_refused(model: Any, compiler: ThreadPoolExecutor) -> None:
+    """The flatbuffer of a model of the same shapes with other weights: the probe batch tells them apart, and the
+    model serves on TensorFlow."""
+    import keras
+
+    other = keras.models.clone_model(model)  # freshly initialised weights
+    runtime = LiteRtModel(litert.convert(other), (8, 8), RESCALE)
+    call = ModelCall(model, (8, 8), RESCALE, max_batch_size=4, compiler=compiler, litert=runtime, litert_mode="always")
+    assert call.litert is None
+    assert call.litert_refusal is not None
+    assert "differ from the graph's" in call.litert_refusal
+    call.compile_all()
+    call.settle()
+    assert "litert" not in call.choices.values()
+    for x in batches(1, 3):
+        assert np.allclose(call(x), keras_answer(model, x), atol=1e-5)
+
+
+def test_a_model_that_does_not_convert_serves_on_tensorflow(compiler: ThreadPoolExecutor, tmp_path: Path) -> None:
+    """A NumPy function inside the model is no TFLite op: the worker records why, writes no file, and the model
+    is served by the graph."""
+    import keras
+    import tensorflow as tf
+
+    from worker.training import _convert
+
+    def numpy_sin(x: Any) -> Any:
+        y = tf.numpy_function(np.sin, [x], tf.float32)
+        y.set_shape(x.shape)
+        return y
+
+    model = keras.Sequential([keras.Input((8, 8)), keras.layers.Lambda(numpy_sin), keras.layers.Flatten()])
+    with pytest.raises(litert.ConversionError):
+        litert.convert(model)
+    path = tmp_path / "model.tflite"
+    record = _convert(model, path)
+    assert set(record) == {"error"}
+    assert record["error"]
+    assert not path.exists()
+    call = ModelCall(model, (8, 8), None, max_batch_size=2, compiler=compiler, litert=None)
+    x = batches(2)[0]
+    assert np.allclose(call(x), np.sin(x).reshape(2, -1), atol=1e-6)
+    assert call.litert is None
+    assert call.litert_refusal == "the model has no flatbuffer"
+
+
+def test_litert_answers_every_thread(model: Any, flatbuffer: bytes) -> None:
+    """An interpreter is not safe to share: calls from several threads at once each get their own answer."""
+    runtime = LiteRtModel(flatbuffer, (8, 8), RESCALE)
+    inputs = batches(*[1 + i % 4 for i in range(64)])
+    expected = [keras_answer(model, x) for x in inputs]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        answers = list(pool.map(runtime, inputs))
+    for answer, want in zip(answers, expected, strict=True):
+        assert np.allclose(answer, want, atol=1e-5)
+
+
+def test_a_flatbuffer_the_interpreter_cannot_read_is_refused(flatbuffer: bytes) -> None:
+    with pytest.raises(ValueError, match="not a valid Flatbuffer"):
+        LiteRtModel(b"TFL3" + bytes(range(256)) * 4, (8, 8), RESCALE)
+    with pytest.raises(ValueError, match="takes"):
+        LiteRtModel(flatbuffer, (8, 9), RESCALE)

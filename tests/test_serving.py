@@ -4,6 +4,7 @@ Protocol through Triton's own client, merged batches, the model cache and its li
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import threading
 import time
@@ -442,5 +443,78 @@ def test_a_model_file_changed_after_saving_is_not_loaded(settings: Settings, tra
             v2 = http.post(f"/v2/models/{quote(OTHER)}/infer", json={"inputs": []})
             assert v2.status_code == 500
             assert "sha256" in v2.json()["error"]
+    finally:
+        path.write_bytes(original)
+
+
+def test_small_batches_run_on_the_flatbuffer_published_beside_the_model(
+    client: TestClient, settings: Settings, trained: Trained
+) -> None:
+    """The worker converted the model when it published it; the API checks the flatbuffer and runs it, on every
+    protocol, with Keras' answers."""
+    path: Path = settings.model_store / f"{trained.v1}.tflite"
+    record = client.get(f"/models/{trained.v1}").json()["litert"]
+    assert record == {
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "size_bytes": path.stat().st_size,
+        "error": None,
+    }
+    app = create_app(settings.model_copy(update={"predict_litert": "always", "predict_xla": "never"}))
+    x = digits(5, 20)
+    expected = reference(settings, trained.v1, x, trained.rescale)
+    with TestClient(app) as http:
+        assert http.post("/predict", json={"model_id": trained.v1, "instances": x[:1].tolist()}).status_code == 200
+        call = app.state.engine.cache.peek(trained.v1).call
+        call.compile_all()
+        call.settle()
+        assert set(call.choices.values()) == {"litert"}
+        before = call.calls["litert"]
+        answers = [
+            http.post("/predict", json={"model_id": trained.v1, "instances": x.tolist()}).json()["predictions"],
+            http.post(f"/v1/models/{quote(NAME)}/versions/1:predict", json={"instances": x.tolist()}).json()[
+                "predictions"
+            ],
+            np.load(
+                io.BytesIO(
+                    http.post(
+                        f"/predict?model_id={trained.v1}", content=npy(x), headers={"content-type": NPY, "accept": NPY}
+                    ).content
+                )
+            ),
+        ]
+        for answer in answers:
+            assert np.allclose(answer, expected, atol=1e-5)
+        metrics = http.get("/metrics").text
+    assert metric(metrics, "trainserve_model_calls_total", model_id=trained.v1, call="litert") == before + 3
+    assert metric(metrics, "trainserve_model_litert", model_id=trained.v1) == 1
+    assert metric(metrics, "trainserve_model_runtime", model_id=trained.v1, batch_size="8", runtime="litert") == 1
+
+
+def test_a_flatbuffer_changed_after_saving_never_runs(settings: Settings, trained: Trained) -> None:
+    """Its sha256 is not the one recorded: the model is served from its verified .keras file, on TensorFlow."""
+    path: Path = settings.model_store / f"{trained.other}.tflite"
+    original = path.read_bytes()
+    try:
+        path.write_bytes(original[:-8] + bytes(8))
+        app = create_app(settings.model_copy(update={"predict_litert": "always"}))
+        x = digits(2, 40)
+        with TestClient(app) as http:
+            response = http.post("/predict", json={"model_id": trained.other, "instances": x.tolist()})
+            assert response.status_code == 200, response.text
+            call = app.state.engine.cache.peek(trained.other).call
+            call.compile_all()
+            call.settle()
+            again = http.post("/predict", json={"model_id": trained.other, "instances": x.tolist()})
+            metrics = http.get("/metrics").text
+        expected = reference(settings, trained.other, x, trained.rescale)
+        for answer in (response, again):
+            assert np.allclose(answer.json()["predictions"], expected, atol=1e-5)
+        assert call.litert is None
+        assert call.litert_refusal is not None
+        assert "does not match the sha256 recorded" in call.litert_refusal
+        assert "litert" not in call.choices.values()
+        assert call.calls["litert"] == 0
+        assert metric(metrics, "trainserve_store_integrity_failures_total", file="litert") == 1
+        assert metric(metrics, "trainserve_model_litert", model_id=trained.other) == 0
     finally:
         path.write_bytes(original)

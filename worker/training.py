@@ -15,6 +15,7 @@ import threading
 import time
 import types
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -35,9 +36,10 @@ from service.keras_build import (
     training_data_bytes,
 )
 from service.logs import job_context
+from service.serving import litert
 from service.settings import Settings
 from service.spec import TrainRequest
-from service.store import model_path, publish, temporary_path
+from service.store import litert_path, model_path, publish, temporary_path, write
 
 log = logging.getLogger(__name__)
 
@@ -313,6 +315,16 @@ def _run_job(job_id: str, settings: Settings) -> str:
         keras.backend.clear_session()
 
 
+def _convert(model: Any, path: Path) -> dict[str, Any]:
+    """The model's LiteRT flatbuffer, written beside its .keras file: its record, or why there is none."""
+    try:
+        content = litert.convert(model)
+    except litert.ConversionError as exc:
+        log.warning("model %s has no LiteRT flatbuffer: %s", path.stem, exc)
+        return {"error": str(exc)}
+    return {"sha256": write(path.parent, path, content), "size_bytes": len(content)}
+
+
 def _stopped(run: JobRun, reason: str) -> str:
     if reason == "cancelled":
         with session_scope(run.settings.database_url) as session:
@@ -388,9 +400,11 @@ def _train(run: JobRun, request: TrainRequest) -> str:
     store = settings.model_store
     temp = temporary_path(store)
     final = model_path(store, model_id)
+    flatbuffer = litert_path(store, model_id)
     try:
         model.save(temp)
         sha256 = publish(temp, final)
+        converted = _convert(model, flatbuffer) if settings.predict_litert != "never" else None
         row = ModelRow(
             id=model_id,
             name=request.name or request.model.name or f"model-{model_id[:8]}",
@@ -406,6 +420,7 @@ def _train(run: JobRun, request: TrainRequest) -> str:
             path=final.name,
             sha256=sha256,
             size_bytes=final.stat().st_size,
+            litert=converted,
         )
         with session_scope(settings.database_url) as session:
             published = jobs.complete_job(
@@ -418,12 +433,14 @@ def _train(run: JobRun, request: TrainRequest) -> str:
             )
     except BaseException:
         final.unlink(missing_ok=True)
+        flatbuffer.unlink(missing_ok=True)
         raise
     finally:
         temp.unlink(missing_ok=True)
     if not published:
         # Cancelled while saving, or no longer this worker's job: keep no model for it.
         final.unlink(missing_ok=True)
+        flatbuffer.unlink(missing_ok=True)
         with session_scope(settings.database_url) as session:
             ours = jobs.still_holds(session=session, job_id=job_id, worker_id=run.worker_id, attempt=run.attempt)
         log.warning("job %s: model discarded, the job was %s meanwhile", job_id, "cancelled" if ours else "taken over")

@@ -111,15 +111,40 @@ class ServingCollector(Collector):
         cache = self.engine.cache
         calls = CounterMetricFamily(
             "trainserve_model_calls",
-            "Calls of the loaded models, by the function that ran: `xla` (compiled for the padded batch size) "
-            "or `graph`.",
+            "Calls of the loaded models, by the runtime that answered: `litert` (the LiteRT interpreter on the "
+            "model's flatbuffer), `xla` (compiled for the padded batch size) or `graph` (TensorFlow's graph).",
             labels=[*labels, "call"],
+        )
+        runtimes = GaugeMetricFamily(
+            "trainserve_model_runtime",
+            "The runtime each padded batch size of a loaded model was given (1), once it has been timed.",
+            labels=[*labels, "batch_size", "runtime"],
+        )
+        litert = GaugeMetricFamily(
+            "trainserve_model_litert",
+            "Whether a loaded model's LiteRT flatbuffer passed its checks (1) or serves nothing (0; the log says why).",
+            labels=labels,
         )
         for loaded in cache.loaded:
             info = loaded.info
+            values = [info.model_id, info.name, str(info.version)]
             for kind, count in sorted(loaded.call.calls.items()):
-                calls.add_metric([info.model_id, info.name, str(info.version), kind], count)
+                calls.add_metric([*values, kind], count)
+            for size, kind in sorted(loaded.call.choices.items()):
+                runtimes.add_metric([*values, str(size), kind], 1)
+            litert.add_metric(values, 0 if loaded.call.litert is None else 1)
         yield calls
+        yield runtimes
+        yield litert
+        integrity = CounterMetricFamily(
+            "trainserve_store_integrity_failures",
+            "Stored files refused because their sha256 is not the one recorded: `keras` (the model is not served) "
+            "or `litert` (the model is served without its flatbuffer).",
+            labels=["file"],
+        )
+        for file in ("keras", "litert"):
+            integrity.add_metric([file], cache.integrity_failures[file])
+        yield integrity
         yield GaugeMetricFamily("trainserve_models_loaded", "Models loaded for prediction.", len(cache.loaded))
         yield GaugeMetricFamily(
             "trainserve_models_loaded_bytes", "Bytes of weights of the loaded models.", cache.nbytes

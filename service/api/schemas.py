@@ -97,6 +97,12 @@ class JobList(BaseModel):
     count: int = Field(description="Jobs matching the filter, over all pages.")
 
 
+class LiteRt(BaseModel):
+    sha256: str | None = Field(default=None, description="Of the `.tflite` file beside the `.keras` one.")
+    size_bytes: int | None = None
+    error: str | None = Field(default=None, description="Why the model has no flatbuffer: the converter's error.")
+
+
 class ModelRead(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
@@ -118,6 +124,10 @@ class ModelRead(BaseModel):
     )
     sha256: str
     size_bytes: int
+    litert: LiteRt | None = Field(
+        description="The model converted to a LiteRT flatbuffer when it was published, which serves small "
+        "batches where it is faster than TensorFlow; null for a model published before flatbuffers were made."
+    )
 
     @classmethod
     def from_row(cls, row: ModelRow) -> ModelRead:
@@ -137,6 +147,7 @@ class ModelRead(BaseModel):
             keras_names=row.keras_names,
             sha256=row.sha256,
             size_bytes=row.size_bytes,
+            litert=LiteRt(**row.litert) if row.litert else None,
         )
 
 

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import math
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,9 +26,9 @@ from service.db import ModelRow, session_factory
 from service.registry import ModelRef
 from service.serving.batching import Batcher, BatchStats
 from service.serving.errors import ModelNotFoundError, StoreIntegrityError, TooManyInstancesError
-from service.serving.model_call import ModelCall, XlaMode, load_model_call
+from service.serving.model_call import ModelCall, RuntimeMode, load_model_call
 from service.settings import Settings
-from service.store import StoreError, verified_path
+from service.store import StoreError, litert_path, verified_bytes, verified_path
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,8 @@ class ModelInfo:
     class_names: tuple[str, ...] | None
     # float32 bytes of one instance's input and layer outputs, from the shapes Keras reported when it trained.
     activation_bytes: int
+    # The sha256 of its LiteRT flatbuffer, if it has one.
+    litert_sha256: str | None
 
     @classmethod
     def from_row(cls, row: ModelRow) -> ModelInfo:
@@ -66,6 +68,7 @@ class ModelInfo:
             class_names=tuple(row.class_names) if row.class_names else None,
             activation_bytes=4
             * (math.prod(input_shape) + sum(math.prod(d or 1 for d in layer["output_shape"][1:]) for layer in layers)),
+            litert_sha256=(row.litert or {}).get("sha256"),
         )
 
     def rows_per_call(self, max_activation_bytes: int) -> int:
@@ -105,7 +108,8 @@ class ModelCache:
         max_batch_size: int,
         max_activation_bytes: int,
         compiler: Executor,
-        xla: XlaMode,
+        xla: RuntimeMode,
+        litert: RuntimeMode,
     ) -> None:
         self.store = store
         self.capacity = capacity
@@ -114,13 +118,16 @@ class ModelCache:
         self._max_batch_size = max_batch_size
         self._max_activation_bytes = max_activation_bytes
         self._compiler = compiler
-        self._xla: XlaMode = xla
+        self._xla: RuntimeMode = xla
+        self._litert: RuntimeMode = litert
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._loading: dict[str, asyncio.Task[LoadedModel]] = {}
         # Keras names layers from process-wide counters: load one model at a time.
         self._load_lock = threading.Lock()
         self.loads = 0
         self.evictions = 0
+        # Stored files refused because they were not the ones recorded: .keras files and flatbuffers.
+        self.integrity_failures: Counter[str] = Counter()
 
     def peek(self, model_id: str) -> LoadedModel | None:
         """The loaded model, marked as just used; None if it is not loaded."""
@@ -166,12 +173,17 @@ class ModelCache:
         try:
             path = verified_path(self.store, info.model_id, info.sha256)
         except StoreError as exc:
+            self.integrity_failures["keras"] += 1
             raise StoreIntegrityError(str(exc)) from exc
+        flatbuffer, refusal = self._flatbuffer(info)
         with self._load_lock:
             call = load_model_call(
                 path,
                 info.input_shape,
                 info.rescale,
+                litert=flatbuffer,
+                litert_refusal=refusal,
+                litert_mode=self._litert,
                 max_batch_size=self._max_batch_size,
                 compiler=self._compiler,
                 xla=self._xla,
@@ -179,6 +191,22 @@ class ModelCache:
             )
         call.warm_up()
         return call
+
+    def _flatbuffer(self, info: ModelInfo) -> tuple[bytes | None, str | None]:
+        """The model's verified flatbuffer, or why there is none to run. A stored flatbuffer that is not the one
+        recorded never runs; the verified .keras file still answers, on TensorFlow."""
+        if self._litert == "never":
+            return None, "TRAINSERVE_PREDICT_LITERT is never"
+        if info.litert_sha256 is None:
+            return None, "the model has no flatbuffer"
+        try:
+            return verified_bytes(
+                litert_path(self.store, info.model_id), info.litert_sha256, f"flatbuffer of model {info.model_id}"
+            ), None
+        except StoreError as exc:
+            self.integrity_failures["litert"] += 1
+            log.error("model %s is served without LiteRT: %s", info.model_id, exc)
+            return None, str(exc)
 
     def _evict(self) -> None:
         while len(self._models) > 1 and (len(self._models) > self.capacity or self.nbytes > self.max_bytes):
@@ -207,6 +235,7 @@ class Engine:
             max_activation_bytes=settings.max_activation_bytes,
             compiler=self.compiler,
             xla=settings.predict_xla,
+            litert=settings.predict_litert,
         )
         # (name, version) → model id never changes once published; only "latest" needs the database each time.
         self._pinned: dict[tuple[str, int], str] = {}

@@ -5,13 +5,14 @@ machinery. Here a model is traced once into a TensorFlow graph, preprocessing in
 one bare graph call for any batch size.
 
 For the small batches that serving is mostly made of, the graph's fixed cost per call (TensorFlow's executor
-dispatching each op) outweighs the arithmetic. XLA compiles the whole model into one function and roughly halves
-that cost, but it compiles for one batch size at a time (about 0.1 s each). So small batches are padded with zero
-rows up to a bucket, a power of two up to ``max_batch_size``, and each bucket is compiled the first time it is
-used: in the background, while that batch and the next run on the graph. Once compiled, the bucket's XLA call and
-the graph are timed side by side and the bucket keeps whichever is faster (for a large convolution the graph's
-oneDNN kernels can win). A bucket XLA cannot compile keeps the graph. Every layer the service builds computes each
-instance on its own at inference, so the zero rows change nothing and are cut off the answer.
+dispatching each op) outweighs the arithmetic. Two runtimes avoid most of it, each for one batch size at a time:
+XLA compiles the whole model into one function (about 0.1 s per batch size), and the LiteRT interpreter runs the
+model's flatbuffer, converted when it was published (``service.serving.litert``). So small batches are padded with
+zero rows up to a bucket, a power of two up to ``max_batch_size``, and each bucket is decided the first time it is
+used: in the background, while that batch and the next run on the graph, XLA compiles it, and XLA, LiteRT and the
+graph are timed side by side on it; the bucket keeps the fastest (for a large convolution the graph's oneDNN
+kernels can win). A runtime that fails on a bucket is left out of its choice. Every layer the service builds
+computes each instance on its own at inference, so the zero rows change nothing and are cut off the answer.
 """
 
 from __future__ import annotations
@@ -28,13 +29,16 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from service.serving.litert import PROBE_TOLERANCE, LiteRtModel, difference, probe_batch
+
 log = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
-Kind = Literal["xla", "graph"]
-XlaMode = Literal["auto", "always", "never"]
+Kind = Literal["litert", "xla", "graph"]
+RuntimeMode = Literal["auto", "always", "never"]
+Function = Callable[[FloatArray], FloatArray]
 
-# Timed calls of each kind when a bucket's XLA function is compiled; the fastest of each counts.
+# Timed calls of each runtime when a bucket is decided; the fastest of each counts.
 TIMING_ROUNDS = 5
 
 
@@ -49,7 +53,12 @@ def buckets_for(max_batch_size: int) -> list[int]:
 
 
 class ModelCall:
-    """Calls one model on float32 batches from any thread: XLA per bucket where it is faster, else the graph."""
+    """Calls one model on float32 batches from any thread: per bucket the fastest of LiteRT, XLA and the graph.
+
+    ``xla`` and ``litert`` are each ``auto`` (a candidate, kept where it times fastest), ``always`` (used on every
+    bucket it runs, LiteRT before XLA) or ``never``. ``litert`` is the model's flatbuffer, if it has one; it serves
+    only if its outputs on a probe batch equal the graph's (:data:`service.serving.litert.PROBE_TOLERANCE`).
+    """
 
     def __init__(
         self,
@@ -59,7 +68,10 @@ class ModelCall:
         *,
         max_batch_size: int,
         compiler: Executor,
-        xla: XlaMode = "auto",
+        xla: RuntimeMode = "auto",
+        litert: LiteRtModel | None = None,
+        litert_mode: RuntimeMode = "auto",
+        litert_refusal: str = "the model has no flatbuffer",
         max_rows: int | None = None,
     ) -> None:
         import tensorflow as tf
@@ -80,15 +92,47 @@ class ModelCall:
         signature = [tf.TensorSpec([None, *input_shape], tf.float32)]
         self.graph = tf.function(serve, input_signature=signature).get_concrete_function()
         self._xla = tf.function(serve, jit_compile=True)
-        self._buckets = buckets_for(max_batch_size) if xla != "never" else []
         self._xla_mode = xla
+        # Why the model has no LiteRT runtime, if it has none.
+        self.litert_refusal: str | None = litert_refusal if litert is None else None
+        self._litert = None if litert_mode == "never" else litert
+        if self._litert is not None:
+            self._litert = self._checked(self._litert, rescale)
+        self._litert_mode = litert_mode
+        runtimes = xla != "never" or self._litert is not None
+        self._buckets = buckets_for(max_batch_size) if runtimes else []
         self._compiler = compiler
         # bucket → its chosen function (None: the graph); absent: not decided yet.
-        self._chosen: dict[int, Callable[[Any], Any] | None] = {}
+        self._chosen: dict[int, tuple[Kind, Function] | None] = {}
         self._requested: set[int] = set()
         self._lock = threading.Lock()
         self.choices: dict[int, Kind] = {}
         self.calls: Counter[Kind] = Counter()
+
+    @property
+    def litert(self) -> LiteRtModel | None:
+        """The model's LiteRT runtime, if it has one that gives the graph's answers."""
+        return self._litert
+
+    def _checked(self, litert: LiteRtModel, rescale: float | None) -> LiteRtModel | None:
+        probe = probe_batch(self.input_shape, rescale)
+        try:
+            off = difference(litert(probe), self._graph(probe))
+        except Exception as exc:  # a flatbuffer the interpreter cannot run
+            self.litert_refusal = f"the interpreter failed on the probe batch: {type(exc).__name__}: {exc}"
+            log.warning("LiteRT refused: %s", self.litert_refusal)
+            return None
+        if not off <= PROBE_TOLERANCE:  # NaN too
+            self.litert_refusal = f"its outputs differ from the graph's by {off:.3g} on the probe batch"
+            log.warning("LiteRT refused: %s", self.litert_refusal)
+            return None
+        return litert
+
+    def _graph(self, x: FloatArray) -> FloatArray:
+        import tensorflow as tf
+
+        out: FloatArray = self.graph(tf.constant(x)).numpy()
+        return out
 
     def __call__(self, x: FloatArray) -> FloatArray:
         n = len(x)
@@ -102,35 +146,32 @@ class ModelCall:
         return out
 
     def _call(self, x: FloatArray) -> FloatArray:
-        import tensorflow as tf
-
         n = len(x)
         if self._buckets and n <= self._buckets[-1]:
             bucket = self._bucket(n)
             if bucket in self._chosen:
-                function = self._chosen[bucket]
-                if function is not None:
-                    self.calls["xla"] += 1
+                chosen = self._chosen[bucket]
+                if chosen is not None:
+                    kind, function = chosen
+                    self.calls[kind] += 1
                     padded = x if n == bucket else np.concatenate([x, np.zeros((bucket - n, *x.shape[1:]), x.dtype)])
-                    result: FloatArray = function(tf.constant(padded)).numpy()
-                    return result[:n]
+                    return function(padded)[:n]
             elif bucket not in self._requested:
                 self._request(bucket)
         self.calls["graph"] += 1
-        out: FloatArray = self.graph(tf.constant(x)).numpy()
-        return out
+        return self._graph(x)
 
     def warm_up(self) -> None:
         """Pay for the graph's first call now, not in the first request."""
         self(np.zeros((1, *self.input_shape), dtype=np.float32))
 
     def compile_all(self) -> None:
-        """Ask for every bucket's compilation now, rather than on first use."""
+        """Ask for every bucket's decision now, rather than on first use."""
         for bucket in self._buckets:
             self._request(bucket)
 
     def settle(self) -> None:
-        """Wait until every compilation asked for so far has been decided."""
+        """Wait until every decision asked for so far has been made."""
         self._compiler.submit(lambda: None).result()
 
     def _bucket(self, n: int) -> int:
@@ -145,45 +186,82 @@ class ModelCall:
                 return
             self._requested.add(bucket)
         try:
-            self._compiler.submit(self._compile, bucket)
+            self._compiler.submit(self._decide_bucket, bucket)
         except RuntimeError:  # the process is exiting: the graph serves to the end
-            log.debug("no compilation of batch size %d: the compiler has shut down", bucket)
+            log.debug("no decision for batch size %d: the compiler has shut down", bucket)
 
-    def _compile(self, bucket: int) -> None:
+    def _candidates(self, bucket: int, zeros: FloatArray) -> dict[Kind, Function]:
+        """The runtimes that run this bucket (each called once: XLA compiles, LiteRT allocates)."""
         import tensorflow as tf
 
-        zeros = tf.zeros([bucket, *self.input_shape], tf.float32)
-        try:
-            function = self._xla.get_concrete_function(tf.TensorSpec([bucket, *self.input_shape], tf.float32))
-            function(zeros)  # compiles
-        except Exception:  # an op XLA cannot compile: the graph serves this bucket
-            log.warning("XLA could not compile batch size %d; it keeps the graph", bucket, exc_info=True)
-            self._decide(bucket, None)
-            return
-        if self._xla_mode == "always":
-            self._decide(bucket, function)
-            return
-        xla, graph = [], []
+        candidates: dict[Kind, Function] = {}
+        if self._litert is not None:
+            try:
+                self._litert(zeros)
+                candidates["litert"] = self._litert
+            except Exception:
+                log.warning("LiteRT could not run batch size %d; it is left out", bucket, exc_info=True)
+        if self._xla_mode != "never":
+            try:
+                compiled = self._xla.get_concrete_function(tf.TensorSpec([bucket, *self.input_shape], tf.float32))
+                compiled(tf.constant(zeros))  # compiles
+
+                def xla(x: FloatArray) -> FloatArray:
+                    out: FloatArray = compiled(tf.constant(x)).numpy()
+                    return out
+
+                candidates["xla"] = xla
+            except Exception:  # an op XLA cannot compile
+                log.warning("XLA could not compile batch size %d; it is left out", bucket, exc_info=True)
+        return candidates
+
+    def _decide_bucket(self, bucket: int) -> None:
+        zeros = np.zeros((bucket, *self.input_shape), np.float32)
+        candidates = self._candidates(bucket, zeros)
+        for kind, mode in (("litert", self._litert_mode), ("xla", self._xla_mode)):
+            if mode == "always" and kind in candidates:
+                self._decide(bucket, kind, candidates[kind])
+                return
+        timings: dict[Kind, list[float]] = {"graph": [], **{kind: [] for kind in candidates}}
+        functions: dict[Kind, Function] = {"graph": self._graph, **candidates}
         for _ in range(TIMING_ROUNDS):
-            xla.append(_seconds(function, zeros))
-            graph.append(_seconds(self.graph, zeros))
-        self._decide(bucket, function if min(xla) < min(graph) else None)
-        log.debug("batch size %d: XLA %.0f µs, graph %.0f µs", bucket, min(xla) * 1e6, min(graph) * 1e6)
+            for kind, function in functions.items():
+                timings[kind].append(_seconds(function, zeros))
+        fastest = min(timings, key=lambda kind: min(timings[kind]))
+        self._decide(bucket, fastest, functions[fastest])
+        log.debug("batch size %d: %s", bucket, ", ".join(f"{k} {min(t) * 1e6:.0f} µs" for k, t in timings.items()))
 
-    def _decide(self, bucket: int, function: Callable[[Any], Any] | None) -> None:
-        self.choices[bucket] = "graph" if function is None else "xla"
-        self._chosen[bucket] = function
+    def _decide(self, bucket: int, kind: Kind, function: Function) -> None:
+        self.choices[bucket] = kind
+        self._chosen[bucket] = None if kind == "graph" else (kind, function)
 
 
-def _seconds(function: Callable[[Any], Any], x: Any) -> float:
+def _seconds(function: Function, x: FloatArray) -> float:
     start = time.perf_counter()
-    function(x).numpy()
+    function(x)
     return time.perf_counter() - start
 
 
-def load_model_call(path: Path, input_shape: tuple[int, ...], rescale: float | None, **kwargs: Any) -> ModelCall:
-    """Load a stored model (``safe_mode``: no code from the file runs) as a :class:`ModelCall`."""
+def load_model_call(
+    path: Path,
+    input_shape: tuple[int, ...],
+    rescale: float | None,
+    *,
+    litert: bytes | None = None,
+    litert_refusal: str | None = None,
+    **kwargs: Any,
+) -> ModelCall:
+    """Load a stored model (``safe_mode``: no code from the file runs) as a :class:`ModelCall`, with the LiteRT
+    runtime of its flatbuffer (``litert``) if the interpreter reads it; ``litert_refusal``: why there is none."""
     import keras
 
     model = keras.models.load_model(path, compile=False, safe_mode=True)
-    return ModelCall(model, input_shape, rescale, **kwargs)
+    runtime = None
+    refusal = litert_refusal or "the model has no flatbuffer"
+    if litert is not None:
+        try:
+            runtime = LiteRtModel(litert, input_shape, rescale)
+        except Exception as exc:
+            refusal = f"the interpreter did not read the flatbuffer: {type(exc).__name__}: {exc}"
+            log.warning("LiteRT refused: %s", refusal)
+    return ModelCall(model, input_shape, rescale, litert=runtime, litert_refusal=refusal, **kwargs)
