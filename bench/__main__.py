@@ -4,8 +4,10 @@
    service (POST /train → queue → worker → model stored → job polled as succeeded) against the same work as a
    plain script in this process: load the data, build, ``model.fit``, evaluate.
 2. Small requests (one 28×28 instance in the dataset's 0–255 units): requests per second of this service's
-   /predict, of an empty FastAPI route that only ``json.loads`` the same body into NumPy, and of a naive
-   ``model.predict`` route, at 1 and at 16 concurrent clients.
+   /predict against the ceiling (a bare Starlette route that parses the same body with orjson and answers a fixed
+   prediction), an empty FastAPI route that only ``json.loads`` the same body into NumPy, KServe's model server on
+   the same ``.keras`` file (bench/kserve_peer.py) and a naive ``model.predict`` route, at 1 and at 16 concurrent
+   clients.
 3. One 10,000-instance request to /predict as JSON and as ``.npy``, against ``predict_on_batch`` on the same
    10,000 instances in this process.
 
@@ -24,6 +26,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +41,7 @@ from service.embedded import free_port
 
 HOST = "127.0.0.1"
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "fashion_mnist_sigmoid.json"
+KSERVE_MODEL = "fashion"  # bench/kserve_peer.py's model name
 
 
 def train_in_service(base: str, spec: dict[str, Any]) -> tuple[float, dict[str, Any]]:
@@ -177,7 +182,8 @@ def main() -> None:
                 workdir / "reference.log",
                 f"{reference_url}/docs",
             ):
-                rows += small_requests(model_id, service_port, reference_port, args.duration)
+                with kserve_peer(model_file, spec, env, workdir) as peer:
+                    rows += small_requests(model_id, service_port, reference_port, peer, args.duration)
                 rows += large_request(model_id, model_file, service_port, spec, args.repeat)
     finally:
         if args.keep:
@@ -187,8 +193,24 @@ def main() -> None:
     print_table(rows)
 
 
+@contextmanager
+def kserve_peer(model_file: Path, spec: dict[str, Any], env: dict[str, str], workdir: Path) -> Iterator[int | str]:
+    """KServe's model server on the same file (bench/kserve_peer.py): its port, or why it cannot run here."""
+    try:
+        import kserve  # noqa: F401  (only whether it is installed)
+    except ImportError:
+        yield "kserve is not installed (pip install -e '.[test]' brings it)"
+        return
+    port = free_port()
+    command = [sys.executable, "-m", "bench.kserve_peer", "--port", str(port), "--model", str(model_file)]
+    command += ["--rescale", str(spec["dataset"]["rescale"])]
+    url = f"http://{HOST}:{port}/v1/models/{KSERVE_MODEL}"
+    with serving(command, env, workdir / "kserve.log", url):
+        yield port
+
+
 def small_requests(
-    model_id: str, service_port: int, reference_port: int, duration: float
+    model_id: str, service_port: int, reference_port: int, peer: int | str, duration: float
 ) -> list[tuple[str, str, str, str]]:
     import keras
 
@@ -196,25 +218,31 @@ def small_requests(
     instances = x_test[:1].tolist()  # one image, 0–255
     service = http_request("/predict", json.dumps({"model_id": model_id, "instances": instances}).encode())
     plain = json.dumps({"instances": instances}).encode()
-    baselines = [
-        ("/ceiling", "bare Starlette orjson route (the ceiling)", {1: 0.6, 16: 0.8}),
-        ("/empty", "empty FastAPI json.loads route", {}),
-        ("/naive", "naive model.predict route", {}),
+    # (port, path, what it is, target ratio by concurrency)
+    baselines: list[tuple[int, str, str, dict[int, float]]] = [
+        (reference_port, "/ceiling", "bare Starlette orjson route (the ceiling)", {1: 0.6, 16: 0.8}),
+        (reference_port, "/empty", "empty FastAPI json.loads route", {}),
     ]
+    if isinstance(peer, int):
+        path = f"/v1/models/{KSERVE_MODEL}:predict"
+        baselines.append((peer, path, "KServe model server, tf.function", {1: 5, 16: 5}))
+    baselines.append((reference_port, "/naive", "naive model.predict route", {}))
     rows = []
+    if isinstance(peer, str):
+        rows.append(("/predict against KServe's model server", "", "not run", peer))
     for concurrency in (1, 16):
         print(f"small requests at concurrency {concurrency} …", flush=True)
         # All take turns in half-second slices, so other load on the machine weighs on each alike.
         targets = [Target(service_port, service)] + [
-            Target(reference_port, http_request(path, plain)) for path, _, _ in baselines
+            Target(port, http_request(path, plain)) for port, path, _, _ in baselines
         ]
         ours, *theirs = throughputs(HOST, targets, concurrency, slices=max(1, round(duration * 2)))
         print(
             f"  /predict {ours:.0f}/s, "
-            + ", ".join(f"{path} {rate:.0f}/s" for (path, _, _), rate in zip(baselines, theirs, strict=True)),
+            + ", ".join(f"{path} {rate:.0f}/s" for (_, path, _, _), rate in zip(baselines, theirs, strict=True)),
             flush=True,
         )
-        for (_, name, targets_by_concurrency), rate in zip(baselines, theirs, strict=True):
+        for (_, _, name, targets_by_concurrency), rate in zip(baselines, theirs, strict=True):
             ratio = ours / rate
             goal = targets_by_concurrency.get(concurrency)
             rows.append(

@@ -13,7 +13,7 @@ import pytest
 
 from service.serving import litert
 from service.serving.litert import LiteRtModel
-from service.serving.model_call import ModelCall, buckets_for
+from service.serving.model_call import INLINE_SECONDS, ModelCall, buckets_for
 
 RESCALE = 1 / 16
 
@@ -135,10 +135,15 @@ def test_litert_answers_as_keras_on_every_layer_type(
     assert call.litert is runtime
     assert call.litert_refusal is None
     sizes = (1, 2, 3, 5, 8, 9, 30)
+    assert not call.cheap(1)  # nothing is timed yet
     for x in batches(*sizes):
         call(x)
     call.settle()
     assert call.choices == {1: "litert", 2: "litert", 4: "litert", 8: "litert"}
+    # Each bucket knows how long its runtime took; those under INLINE_SECONDS may run on the event loop.
+    assert set(call.seconds) == {1, 2, 4, 8}
+    assert [call.cheap(n) for n in (3, 8)] == [call.seconds[b] <= INLINE_SECONDS for b in (4, 8)]
+    assert not call.cheap(9)
     before = call.calls.copy()
     for x in batches(*sizes):
         answer = call(x)

@@ -247,6 +247,7 @@ class Engine:
             max_batch_size=min(self.settings.max_batch_size, call.max_rows),
             max_latency_s=self.settings.max_latency_ms / 1000,
             stats=self.stats.for_model(f"{info.model_id}", info.name, info.version),
+            inline=call.cheap,
         )
 
     async def resolve(self, ref: ModelRef) -> LoadedModel:

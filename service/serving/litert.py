@@ -7,15 +7,16 @@ when it is published (:func:`convert`, in the worker), the flatbuffer is stored 
 its sha256, and an API process only loads it (:class:`LiteRtModel`): the model call times it against the graph
 per batch size and keeps the faster (``service.serving.model_call``).
 
-The conversion goes through an exported SavedModel (``model.export``), the path TensorFlow's converter supports
-(from a traced function it gave NaN); even so, every loaded flatbuffer must give the graph's answers on a probe
+The conversion goes through an exported SavedModel, the path TensorFlow's converter takes for a Keras model (from
+a traced function it gave NaN); even so, every loaded flatbuffer must give the graph's answers on a probe
 batch (:func:`difference` within :data:`PROBE_TOLERANCE`) before it serves, and a model that does not convert, or
 whose flatbuffer differs, is served by the graph.
 """
 
 from __future__ import annotations
 
-import tempfile
+import contextlib
+import io
 import threading
 from typing import Any
 
@@ -35,15 +36,15 @@ class ConversionError(Exception):
 
 
 def convert(model: Any) -> bytes:
-    """The model's inference function as a TFLite flatbuffer (float32, TFLite's builtin ops only)."""
+    """The model's inference function (``training=False``) as a TFLite flatbuffer: float32, TFLite's builtin ops."""
     import tensorflow as tf
 
-    with tempfile.TemporaryDirectory(prefix="trainserve-export-") as directory:
-        try:
-            model.export(directory, format="tf_saved_model", verbose=False)
-            content: bytes = tf.lite.TFLiteConverter.from_saved_model(directory).convert()
-        except Exception as exc:
-            raise ConversionError(f"{type(exc).__name__}: {exc}".strip()[:2000]) from exc
+    try:
+        # It exports the model as a SavedModel in a temporary directory, and prints that export's endpoints.
+        with contextlib.redirect_stdout(io.StringIO()):
+            content: bytes = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    except Exception as exc:
+        raise ConversionError(f"{type(exc).__name__}: {exc}".strip()[:2000]) from exc
     return content
 
 

@@ -40,6 +40,8 @@ Function = Callable[[FloatArray], FloatArray]
 
 # Timed calls of each runtime when a bucket is decided; the fastest of each counts.
 TIMING_ROUNDS = 5
+# A call timed at most this long is cheaper than sending it to a thread and back; it may run on the event loop.
+INLINE_SECONDS = 100e-6
 
 
 def buckets_for(max_batch_size: int) -> list[int]:
@@ -107,6 +109,8 @@ class ModelCall:
         self._requested: set[int] = set()
         self._lock = threading.Lock()
         self.choices: dict[int, Kind] = {}
+        # bucket → the fastest time of its chosen runtime.
+        self.seconds: dict[int, float] = {}
         self.calls: Counter[Kind] = Counter()
 
     @property
@@ -160,6 +164,13 @@ class ModelCall:
                 self._request(bucket)
         self.calls["graph"] += 1
         return self._graph(x)
+
+    def cheap(self, n: int) -> bool:
+        """Whether a call on ``n`` instances was timed under :data:`INLINE_SECONDS` (False until its bucket is
+        decided)."""
+        if not self._buckets or n > self._buckets[-1]:
+            return False
+        return self.seconds.get(self._bucket(n), float("inf")) <= INLINE_SECONDS
 
     def warm_up(self) -> None:
         """Pay for the graph's first call now, not in the first request."""
@@ -218,16 +229,17 @@ class ModelCall:
     def _decide_bucket(self, bucket: int) -> None:
         zeros = np.zeros((bucket, *self.input_shape), np.float32)
         candidates = self._candidates(bucket, zeros)
+        functions: dict[Kind, Function] = {"graph": self._graph, **candidates}
         for kind, mode in (("litert", self._litert_mode), ("xla", self._xla_mode)):
             if mode == "always" and kind in candidates:
-                self._decide(bucket, kind, candidates[kind])
-                return
-        timings: dict[Kind, list[float]] = {"graph": [], **{kind: [] for kind in candidates}}
-        functions: dict[Kind, Function] = {"graph": self._graph, **candidates}
+                functions = {kind: candidates[kind]}
+                break
+        timings: dict[Kind, list[float]] = {kind: [] for kind in functions}
         for _ in range(TIMING_ROUNDS):
             for kind, function in functions.items():
                 timings[kind].append(_seconds(function, zeros))
         fastest = min(timings, key=lambda kind: min(timings[kind]))
+        self.seconds[bucket] = min(timings[fastest])
         self._decide(bucket, fastest, functions[fastest])
         log.debug("batch size %d: %s", bucket, ", ".join(f"{k} {min(t) * 1e6:.0f} µs" for k, t in timings.items()))
 
