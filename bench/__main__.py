@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 
 from bench.data import write_fashion_mnist
@@ -255,7 +256,18 @@ def small_requests(
                     else f"{ratio:.0f}× the throughput",
                 )
             )
+    rows.append(("/predict's model calls, by runtime", runtimes(service_port, model_id), "", ""))
     return rows
+
+
+def runtimes(service_port: int, model_id: str) -> str:
+    """Which runtime answered the model's calls so far, from the service's /metrics."""
+    calls = []
+    for line in httpx.get(f"http://{HOST}:{service_port}/metrics").text.splitlines():
+        if line.startswith("trainserve_model_calls_total{") and f'model_id="{model_id}"' in line:
+            kind = line.partition('call="')[2].partition('"')[0]
+            calls.append(f"{kind} {float(line.rpartition(' ')[2]):.0f}")
+    return ", ".join(sorted(calls)) or "none"
 
 
 def large_request(
