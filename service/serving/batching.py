@@ -111,14 +111,6 @@ class Batcher:
     async def submit(self, x: FloatArray) -> FloatArray:
         """The model's outputs for ``x`` (a batch of instances), computed in a call shared with others."""
         loop = asyncio.get_running_loop()
-        if self._lone(x):
-            # The model is idle, its last batch was one request and this call is cheap: no other request could
-            # join it (the event loop runs nothing else meanwhile), so it runs at once, without a task of its own.
-            output = self._call(x)
-            self._stats.requests.observe(1)
-            self._stats.instances.observe(len(x))
-            self._answered_at = loop.time()
-            return output
         future: asyncio.Future[FloatArray] = loop.create_future()
         self._queue.append(_Pending(x, future))
         if self._enough is not None and len(self._queue) >= self._expected:
@@ -126,15 +118,6 @@ class Batcher:
         if self._draining is None:
             self._draining = loop.create_task(self._drain())
         return await future
-
-    def _lone(self, x: FloatArray) -> bool:
-        return (
-            self._draining is None
-            and not self._queue
-            and self._expected == 1
-            and self._inline is not None
-            and self._inline(len(x))
-        )
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
