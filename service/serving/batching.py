@@ -149,7 +149,8 @@ class Batcher:
 
     async def _let_arrivals_join(self, loop: asyncio.AbstractEventLoop) -> None:
         """Hold the batch open, at most max_latency: until as many requests as the last batch carried have
-        arrived if that batch was answered just now, and while requests keep arriving."""
+        arrived if that batch was answered just now, and while requests keep arriving (unless that batch was a
+        single request)."""
         deadline = loop.time() + self._max_latency_s
         recent = loop.time() - self._answered_at < 10 * self._max_latency_s
         if recent and len(self._queue) < self._expected and self._rows() < self._max_batch_size:
@@ -160,6 +161,10 @@ class Batcher:
             finally:
                 timer.cancel()
                 self._enough = None
+        if recent and self._expected == 1:
+            # One client at a time: whoever else was ready to ask has joined while this task started; waiting a
+            # turn of the event loop for more would only delay the answer.
+            return
         while self._rows() < self._max_batch_size and loop.time() < deadline:
             waiting = len(self._queue)
             await asyncio.sleep(0)
