@@ -55,12 +55,22 @@ async def _interleaved(
         stop_at = start + seconds
         done = [0]
 
-        async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def client(slot: int) -> None:
             while time.perf_counter() < stop_at:
-                await _exchange(reader, writer, request)
+                reader, writer = connections[index][slot]
+                try:
+                    await _exchange(reader, writer, request)
+                except asyncio.IncompleteReadError as exc:
+                    if exc.partial:
+                        raise
+                    # The server closed the connection while it sat idle during the other targets' turns (its
+                    # keep-alive timeout): open another, and send the request again.
+                    writer.close()
+                    connections[index][slot] = await asyncio.open_connection(host, targets[index].port)
+                    continue
                 done[0] += 1
 
-        await asyncio.gather(*(client(r, w) for r, w in connections[index]))
+        await asyncio.gather(*(client(slot) for slot in range(len(connections[index]))))
         return done[0], time.perf_counter() - start
 
     try:
