@@ -26,13 +26,13 @@ from pydantic_core import PydanticCustomError
 
 from service.datasets.builtin import BUILTIN_DATASETS
 
-# Keras 3's own activation names (keras.activations); tests check this list against Keras itself.
+# Keras 3's activation functions (keras.activations) that a layer can name; with UNUSABLE_ACTIVATIONS they are
+# exactly Keras' own, which the tests check against Keras itself.
 ACTIVATIONS: tuple[str, ...] = (
     "celu",
     "elu",
     "exponential",
     "gelu",
-    "glu",
     "hard_shrink",
     "hard_sigmoid",
     "hard_silu",
@@ -59,8 +59,13 @@ ACTIVATIONS: tuple[str, ...] = (
     "swish",
     "tanh",
     "tanh_shrink",
-    "threshold",
 )
+# The other two, and why a layer cannot use them.
+UNUSABLE_ACTIVATIONS: dict[str, str] = {
+    "glu": "it halves the last dimension of its input, which the layer does not declare in its output shape: the "
+    "next layer would be built for twice the units it receives",
+    "threshold": "it takes a threshold and a default value that a layer never passes",
+}
 
 # More steps per call into TensorFlow than this save nothing measurable and delay a cancel.
 MAX_STEPS_PER_EXECUTION = 10_000
@@ -137,8 +142,16 @@ def _keras_name(value: str) -> str:
     return _plain_text(value)
 
 
+def _usable_activation(value: str) -> str:
+    if value in UNUSABLE_ACTIVATIONS:
+        message = f"activation {value!r} cannot be used in a layer: {UNUSABLE_ACTIVATIONS[value]}"
+        raise PydanticCustomError("unusable_activation", "{message}", {"message": message})
+    return value
+
+
 Activation = Annotated[
     str,
+    AfterValidator(_usable_activation),
     _one_of("activation", ACTIVATIONS),
     _enum(ACTIVATIONS),
     Field(description="A Keras activation name such as 'relu', 'sigmoid' or 'softmax'.", examples=["relu"]),
