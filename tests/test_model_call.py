@@ -239,3 +239,39 @@ def test_a_flatbuffer_the_interpreter_cannot_read_is_refused(flatbuffer: bytes) 
         LiteRtModel(b"TFL3" + bytes(range(256)) * 4, (8, 8), RESCALE)
     with pytest.raises(ValueError, match="takes"):
         LiteRtModel(flatbuffer, (8, 9), RESCALE)
+
+
+def test_litert_serves_a_batch_size_while_xla_compiles_it(
+    model: Any, flatbuffer: bytes, compiler: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """XLA's compilation of a batch size is held back here: until it is done, the faster of LiteRT and the graph
+    already serves that size; then the three are timed again (XLA forced to win, to see the switch)."""
+    import threading
+
+    call = ModelCall(
+        model,
+        (8, 8),
+        RESCALE,
+        max_batch_size=2,
+        compiler=compiler,
+        xla="always",
+        litert=LiteRtModel(flatbuffer, (8, 8), RESCALE),
+    )
+    compiling, release = threading.Event(), threading.Event()
+    xla_on = call._xla_on
+
+    def held(bucket: int, zeros: Any) -> Any:
+        compiling.set()
+        assert release.wait(30)
+        return xla_on(bucket, zeros)
+
+    monkeypatch.setattr(call, "_xla_on", held)
+    (x,) = batches(1)
+    call(x)  # asks for batch size 1
+    assert compiling.wait(30)
+    assert call.choices[1] in ("litert", "graph")
+    assert np.allclose(call(x), keras_answer(model, x), atol=1e-5)
+    release.set()
+    call.settle()
+    assert call.choices == {1: "xla"}
+    assert np.allclose(call(x), keras_answer(model, x), atol=1e-5)

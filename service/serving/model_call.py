@@ -9,9 +9,9 @@ dispatching each op) outweighs the arithmetic. Two runtimes avoid most of it, ea
 XLA compiles the whole model into one function (about 0.1 s per batch size), and the LiteRT interpreter runs the
 model's flatbuffer, converted when it was published (``service.serving.litert``). So small batches are padded with
 zero rows up to a bucket, a power of two up to ``max_batch_size``, and each bucket is decided the first time it is
-used: in the background, while that batch and the next run on the graph, XLA compiles it, and XLA, LiteRT and the
-graph are timed side by side on it; the bucket keeps the fastest (for a large convolution the graph's oneDNN
-kernels can win). A runtime that fails on a bucket is left out of its choice. Every layer the service builds
+used, in the background while that batch and the next run on the graph: LiteRT and the graph are timed side by side
+on it and the faster serves it while XLA compiles it; then all three are timed and the bucket keeps the fastest (for
+a large convolution the graph's oneDNN kernels can win). A runtime that fails on a bucket is left out of its choice. Every layer the service builds
 computes each instance on its own at inference, so the zero rows change nothing and are cut off the answer.
 """
 
@@ -201,39 +201,55 @@ class ModelCall:
         except RuntimeError:  # the process is exiting: the graph serves to the end
             log.debug("no decision for batch size %d: the compiler has shut down", bucket)
 
-    def _candidates(self, bucket: int, zeros: FloatArray) -> dict[Kind, Function]:
-        """The runtimes that run this bucket (each called once: XLA compiles, LiteRT allocates)."""
+    def _litert_on(self, bucket: int, zeros: FloatArray) -> Function | None:
+        """LiteRT for this bucket, if the model has it and it runs (called once: it allocates its tensors)."""
+        if self._litert is None:
+            return None
+        try:
+            self._litert(zeros)
+        except Exception:
+            log.warning("LiteRT could not run batch size %d; it is left out", bucket, exc_info=True)
+            return None
+        return self._litert
+
+    def _xla_on(self, bucket: int, zeros: FloatArray) -> Function | None:
+        """The model compiled by XLA for this bucket, unless XLA is off or cannot compile it."""
         import tensorflow as tf
 
-        candidates: dict[Kind, Function] = {}
-        if self._litert is not None:
-            try:
-                self._litert(zeros)
-                candidates["litert"] = self._litert
-            except Exception:
-                log.warning("LiteRT could not run batch size %d; it is left out", bucket, exc_info=True)
-        if self._xla_mode != "never":
-            try:
-                compiled = self._xla.get_concrete_function(tf.TensorSpec([bucket, *self.input_shape], tf.float32))
-                compiled(tf.constant(zeros))  # compiles
+        if self._xla_mode == "never":
+            return None
+        try:
+            compiled = self._xla.get_concrete_function(tf.TensorSpec([bucket, *self.input_shape], tf.float32))
+            compiled(tf.constant(zeros))  # compiles
+        except Exception:  # an op XLA cannot compile
+            log.warning("XLA could not compile batch size %d; it is left out", bucket, exc_info=True)
+            return None
 
-                def xla(x: FloatArray) -> FloatArray:
-                    out: FloatArray = compiled(tf.constant(x)).numpy()
-                    return out
+        def xla(x: FloatArray) -> FloatArray:
+            out: FloatArray = compiled(tf.constant(x)).numpy()
+            return out
 
-                candidates["xla"] = xla
-            except Exception:  # an op XLA cannot compile
-                log.warning("XLA could not compile batch size %d; it is left out", bucket, exc_info=True)
-        return candidates
+        return xla
 
     def _decide_bucket(self, bucket: int) -> None:
         zeros = np.zeros((bucket, *self.input_shape), np.float32)
-        candidates = self._candidates(bucket, zeros)
-        functions: dict[Kind, Function] = {"graph": self._graph, **candidates}
-        for kind, mode in (("litert", self._litert_mode), ("xla", self._xla_mode)):
-            if mode == "always" and kind in candidates:
-                functions = {kind: candidates[kind]}
-                break
+        functions: dict[Kind, Function] = {"graph": self._graph}
+        litert = self._litert_on(bucket, zeros)
+        if litert is not None:
+            if self._litert_mode == "always":
+                self._choose(bucket, {"litert": litert}, zeros)
+                return
+            functions["litert"] = litert
+            if self._xla_mode != "never":
+                # XLA takes a while to compile: meanwhile the faster of LiteRT and the graph serves the bucket.
+                self._choose(bucket, functions, zeros)
+        xla = self._xla_on(bucket, zeros)
+        if xla is not None:
+            functions = {"xla": xla} if self._xla_mode == "always" else {**functions, "xla": xla}
+        self._choose(bucket, functions, zeros)
+
+    def _choose(self, bucket: int, functions: dict[Kind, Function], zeros: FloatArray) -> None:
+        """Time each runtime side by side on the bucket; the fastest serves it."""
         timings: dict[Kind, list[float]] = {kind: [] for kind in functions}
         for _ in range(TIMING_ROUNDS):
             for kind, function in functions.items():
