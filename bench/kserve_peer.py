@@ -11,15 +11,14 @@ Run as ``python -m bench.kserve_peer --port P --model FILE --rescale R`` (``kser
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import kserve
 import numpy as np
 
+from bench.processes import baseline_arguments
 from service.embedded import free_port
 
 NAME = "fashion"
@@ -52,12 +51,7 @@ class KerasModel(kserve.Model):  # type: ignore[misc]  # kserve ships no type in
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--rescale", type=float, required=True)
-    args = parser.parse_args()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = baseline_arguments()
     # KServe's own logging set-up, then quiet: no access or trace line per request, as for the other servers.
     kserve.logging.configure_logging()
     for name in ("uvicorn.access", "kserve.trace", "kserve"):

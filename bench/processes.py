@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -37,3 +39,13 @@ def serving(
         yield proc
     finally:
         stop_process(proc, grace=60)
+
+
+def baseline_arguments() -> argparse.Namespace:
+    """The command line of a baseline server, ``--port P --model FILE --rescale R``; TensorFlow's logs kept quiet."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--rescale", type=float, required=True)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return parser.parse_args()

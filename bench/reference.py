@@ -14,9 +14,7 @@ Run as ``python -m bench.reference --port P --model FILE --rescale R``.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,8 @@ from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from bench.processes import baseline_arguments
 
 FIXED_PREDICTION = orjson.dumps({"predictions": [[0.1] * 10]})
 
@@ -70,12 +70,7 @@ def create_reference_app(model_path: Path, rescale: float) -> FastAPI:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--rescale", type=float, required=True)
-    args = parser.parse_args()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = baseline_arguments()
     bare = Starlette(routes=[Route("/ceiling", ceiling, methods=["POST"])])
     app = by_path({"/ceiling": bare}, create_reference_app(args.model, args.rescale))
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", lifespan="off")
