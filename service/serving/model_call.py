@@ -11,8 +11,9 @@ model's flatbuffer, converted when it was published (``service.serving.litert``)
 zero rows up to a bucket, a power of two up to ``max_batch_size``, and each bucket is decided the first time it is
 used, in the background while that batch and the next run on the graph: LiteRT and the graph are timed side by side
 on it and the faster serves it while XLA compiles it; then all three are timed and the bucket keeps the fastest (for
-a large convolution the graph's oneDNN kernels can win). A runtime that fails on a bucket is left out of its choice. Every layer the service builds
-computes each instance on its own at inference, so the zero rows change nothing and are cut off the answer.
+a large convolution the graph's oneDNN kernels can win). A runtime that fails on a bucket is left out of its choice.
+Every layer the service builds computes each instance on its own at inference, so the zero rows change nothing and
+are cut off the answer.
 """
 
 from __future__ import annotations
