@@ -128,8 +128,8 @@ class Settings(BaseSettings):
     predict_cache_bytes: int = Field(
         default=1024**3,
         ge=1,
-        description="Memory the loaded models may take together (their weights), in bytes; the least recently "
-        "used are unloaded beyond it (the model in use always stays).",
+        description="Memory the loaded models may take together (their weights and LiteRT flatbuffers), in bytes; "
+        "the least recently used are unloaded beyond it (the model in use always stays).",
     )
     max_batch_size: int = Field(
         default=64,

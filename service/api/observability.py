@@ -147,7 +147,9 @@ class ServingCollector(Collector):
         yield integrity
         yield GaugeMetricFamily("trainserve_models_loaded", "Models loaded for prediction.", len(cache.loaded))
         yield GaugeMetricFamily(
-            "trainserve_models_loaded_bytes", "Bytes of weights of the loaded models.", cache.nbytes
+            "trainserve_models_loaded_bytes",
+            "Bytes of weights of the loaded models, their flatbuffers included.",
+            cache.nbytes,
         )
         yield _counter("trainserve_model_loads", "Models loaded from the store.", cache.loads)
         yield _counter("trainserve_model_evictions", "Models unloaded to stay within bounds.", cache.evictions)

@@ -84,6 +84,7 @@ class ModelCall:
         # so that its layers' outputs never need more memory than the service gives a call.
         self.max_rows = max_rows or 2**62
         max_batch_size = min(max_batch_size, self.max_rows)
+        # The memory of its weights (and of its flatbuffer, below), which the model cache is bounded by.
         self.nbytes = sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in model.weights)
         scale = None if rescale is None else tf.constant(rescale, tf.float32)
 
@@ -101,6 +102,8 @@ class ModelCall:
         self._litert = None if litert_mode == "never" else litert
         if self._litert is not None:
             self._litert = self._checked(self._litert, rescale)
+        if self._litert is not None:  # the flatbuffer holds its own copy of the weights
+            self.nbytes += len(self._litert.content)
         self._litert_mode = litert_mode
         runtimes = xla != "never" or self._litert is not None
         self._buckets = buckets_for(max_batch_size) if runtimes else []
