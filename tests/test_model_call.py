@@ -201,7 +201,7 @@ def test_a_model_that_does_not_convert_serves_on_tensorflow(compiler: ThreadPool
     import keras
     import tensorflow as tf
 
-    from worker.training import _convert
+    from worker.training import write_flatbuffer
 
     def numpy_sin(x: Any) -> Any:
         y = tf.numpy_function(np.sin, [x], tf.float32)
@@ -212,7 +212,7 @@ def test_a_model_that_does_not_convert_serves_on_tensorflow(compiler: ThreadPool
     with pytest.raises(litert.ConversionError):
         litert.convert(model)
     path = tmp_path / "model.tflite"
-    record = _convert(model, path)
+    record = write_flatbuffer(model, path)
     assert set(record) == {"error"}
     assert record["error"]
     assert not path.exists()

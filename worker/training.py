@@ -315,7 +315,7 @@ def _run_job(job_id: str, settings: Settings) -> str:
         keras.backend.clear_session()
 
 
-def _convert(model: Any, path: Path) -> dict[str, Any]:
+def write_flatbuffer(model: Any, path: Path) -> dict[str, Any]:
     """The model's LiteRT flatbuffer, written beside its .keras file: its record, or why there is none."""
     try:
         content = litert.convert(model)
@@ -404,7 +404,7 @@ def _train(run: JobRun, request: TrainRequest) -> str:
     try:
         model.save(temp)
         sha256 = publish(temp, final)
-        converted = _convert(model, flatbuffer) if settings.predict_litert != "never" else None
+        converted = write_flatbuffer(model, flatbuffer) if settings.predict_litert != "never" else None
         row = ModelRow(
             id=model_id,
             name=request.name or request.model.name or f"model-{model_id[:8]}",
