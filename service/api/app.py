@@ -17,11 +17,12 @@ from starlette.routing import BaseRoute
 
 from service.api import errors
 from service.api.body_buffers import BodyBuffers
+from service.api.exchange import Handler
 from service.api.job_watch import JobWatch
-from service.api.middleware import ApiKeyMiddleware, BodyGuard, InflightBudget
+from service.api.middleware import ApiKeyMiddleware, ApiKeys, BodyGuard, BodyLimits, InflightBudget
 from service.api.multipart import FORM_OVERHEAD_BYTES
 from service.api.observability import Metrics, MetricsMiddleware
-from service.api.plain_routes import PredictionLane, plain_routes
+from service.api.prediction_lane import PredictionLane, lane_routes
 from service.api.routers import (
     dashboard,
     datasets,
@@ -108,34 +109,46 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     # Every route, as the router sees them (FastAPI's documentation pages, then ours): for the `Allow` of a 405.
     app.state.routes = [*app.routes, *(route for router in routers for route in router.routes)]
-    predictions: list[Callable[..., Any]] = [
-        predict.predict,
-        tfserving.predict,
-        tfserving.predict_version,
-        v2.infer,
-        v2.infer_version,
-    ]
-    # Middleware, innermost first (each one added wraps the ones before): the prediction endpoints' lane, the body
-    # guard, API keys (checked before the body is read), metrics (outermost: refusals count too).
-    app.add_middleware(
-        PredictionLane,
-        routes=plain_routes([predict.router, tfserving.router, v2.router], predictions, app.exception_handlers),
-        tracing=settings.opentelemetry,
-    )
+    # The prediction endpoints and the handlers the prediction lane answers them with.
+    handlers: dict[Callable[..., Any], Handler] = {
+        predict.predict: predict.answer,
+        tfserving.predict: tfserving.answer,
+        tfserving.predict_version: tfserving.answer,
+        v2.infer: v2.answer,
+        v2.infer_version: v2.answer,
+    }
+    predictions = list(handlers)
     app.state.metrics = Metrics(settings, app.state.engine, app.state.queue)
-    app.add_middleware(
-        BodyGuard,
+    keys = ApiKeys(settings.keys) if settings.keys else None  # an open service skips the check altogether
+    limits = BodyLimits(
         max_bytes=settings.max_request_bytes,
-        uploads=routes_of(routers, [datasets.upload_dataset]),
-        upload_max_bytes=settings.max_upload_bytes + FORM_OVERHEAD_BYTES,
-        upload_file_bytes=settings.max_upload_bytes,
         budget=InflightBudget(settings.max_inflight_bytes),
         timeout=settings.body_timeout,
     )
-    if settings.keys:  # an open service skips the layer altogether
-        app.add_middleware(ApiKeyMiddleware, keys=settings.keys, predictions=routes_of(routers, predictions))
-    _openapi(app, bearer=bool(settings.keys))
+    # Middleware, innermost first (each one added wraps the ones before): the body guard, API keys (checked before
+    # the body is read), metrics (refusals count too), and outermost the prediction lane, which answers the
+    # prediction endpoints with the same keys, limits and metrics in one pass.
+    app.add_middleware(
+        BodyGuard,
+        limits=limits,
+        uploads=routes_of(routers, [datasets.upload_dataset]),
+        upload_max_bytes=settings.max_upload_bytes + FORM_OVERHEAD_BYTES,
+        upload_file_bytes=settings.max_upload_bytes,
+    )
+    if keys is not None:
+        app.add_middleware(ApiKeyMiddleware, keys=keys, predictions=routes_of(routers, predictions))
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics.http)
+    app.add_middleware(
+        PredictionLane,
+        routes=lane_routes(routes_of(routers, predictions), handlers),
+        engine=app.state.engine,
+        bodies=app.state.bodies,
+        limits=limits,
+        keys=keys,
+        metrics=app.state.metrics.http,
+        tracing=settings.opentelemetry,
+    )
+    _openapi(app, bearer=bool(settings.keys))
     return app
 
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect
+from starlette.types import Message, Receive
 
 # Bodies declared smaller than this are read the usual way: their pages are reused by the allocator anyway.
 MIN_BYTES = 256 * 1024
@@ -46,27 +47,26 @@ class BodyBuffers:
         self._free: list[bytearray] = []
         self.reused = 0
 
-    async def read(self, request: Request) -> Body:
-        """The whole body, received as it arrives."""
-        length_header = request.headers.get("content-length", "")
-        length = int(length_header) if length_header.isdigit() else None
+    async def read(self, length: int | None, receive: Receive) -> Body:
+        """The whole body, received from ``receive`` (an ASGI app's) as it arrives; ``length`` is its
+        Content-Length, if it has one. ClientDisconnect if the client goes before it is all there."""
+        kept = self._take(length) if length is not None and length >= self.min_bytes else None
+        if kept is not None:
+            return await _read_into(kept, receive)
+        piece, more = _content(await receive())
         if length is not None and length < self.min_bytes:
-            return Body(await request.body())
-        kept = self._take(length) if length is not None else None
-        if kept is None:
-            grown = bytearray()
-            async for chunk in request.stream():
-                grown += chunk
-            return Body(grown, grown)
-        view = memoryview(kept)
-        received = 0
-        async for chunk in request.stream():
-            end = received + len(chunk)
-            if end > len(kept):  # more than declared: HTTP/1.1 framing forbids it, but never write past the end
-                raise ValueError("the body is longer than its Content-Length")
-            view[received:end] = chunk
-            received = end
-        return Body(view[:received], kept)
+            if not more:
+                return Body(piece)
+            pieces = [piece]
+            while more:
+                piece, more = _content(await receive())
+                pieces.append(piece)
+            return Body(b"".join(pieces))
+        grown = bytearray(piece)
+        while more:
+            piece, more = _content(await receive())
+            grown += piece
+        return Body(grown, grown)
 
     def release(self, body: Body) -> None:
         """Give the body's buffer back: only once nothing will read ``body.data`` again."""
@@ -93,3 +93,23 @@ class BodyBuffers:
             return None
         self.reused += 1
         return self._free.pop(min(fitting, key=lambda i: len(self._free[i])))
+
+
+async def _read_into(kept: bytearray, receive: Receive) -> Body:
+    view = memoryview(kept)
+    received, more = 0, True
+    while more:
+        piece, more = _content(await receive())
+        end = received + len(piece)
+        if end > len(kept):  # more than declared: HTTP/1.1 framing forbids it, but never write past the end
+            raise ValueError("the body is longer than its Content-Length")
+        view[received:end] = piece
+        received = end
+    return Body(view[:received], kept)
+
+
+def _content(message: Message) -> tuple[bytes, bool]:
+    """A piece of the body and whether more follows; ClientDisconnect if the client has gone."""
+    if message["type"] == "http.disconnect":
+        raise ClientDisconnect()
+    return message.get("body", b""), message.get("more_body", False)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import orjson
@@ -115,6 +115,15 @@ def error_response(
     return Response(orjson.dumps(content), status, headers=headers, media_type=JSON)
 
 
+def http_error_response(path: str, exc: StarletteHTTPException) -> Response:
+    """An HTTP error (a refusal of the body guard or of the API keys, the router's 404 and 405) in the format of
+    the protocol of ``path``."""
+    headers = dict(exc.headers) if exc.headers else None
+    return error_response(
+        path, exc.status_code, HTTP_KINDS.get(exc.status_code, "http_error"), str(exc.detail), [], headers
+    )
+
+
 # How this API's own protocol answers each failure of the serving engine.
 SERVING_STATUS: dict[type[ServingError], tuple[int, str]] = {
     InvalidInputError: (422, "validation_error"),
@@ -124,15 +133,15 @@ SERVING_STATUS: dict[type[ServingError], tuple[int, str]] = {
 }
 
 
-def serving_error_response(request: Request, exc: ServingError) -> Response:
-    """A serving failure in the format of the protocol the request came by; TF Serving and v2 name the model as
-    the path does."""
-    protocol = protocol_of(request.url.path)
+def serving_error_response(path: str, params: Mapping[str, str], exc: ServingError) -> Response:
+    """A serving failure in the format of the protocol of ``path``; TF Serving and v2 name the model as the path
+    (its parameters ``params``) does."""
+    protocol = protocol_of(path)
     if protocol != "native":
         codec = tfserving if protocol == "tfserving" else v2
-        name = str(request.path_params.get("name", ""))
+        name = str(params.get("name", ""))
         try:
-            version = codec.version_of(request.path_params.get("version"))
+            version = codec.version_of(params.get("version"))
         except ServingError:
             version = None
         status, content = codec.error(exc, name, version)
@@ -141,9 +150,9 @@ def serving_error_response(request: Request, exc: ServingError) -> Response:
     if isinstance(exc, InvalidInputError):
         items = [item(list(loc), message) for loc, message in exc.problems]
         summary = exc.message if len(items) == 1 else f"{len(items)} problems in the request"
-        return error_response(request.url.path, status, kind, summary, items)
+        return error_response(path, status, kind, summary, items)
     items = [item(list(exc.loc), exc.message)] if exc.loc else []
-    return error_response(request.url.path, status, kind, exc.message, items)
+    return error_response(path, status, kind, exc.message, items)
 
 
 def submit_error(exc: SubmitError) -> ApiError:
@@ -295,7 +304,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(ServingError)
     async def _serving_error(request: Request, exc: ServingError) -> Response:
-        return serving_error_response(request, exc)
+        return serving_error_response(request.url.path, request.path_params, exc)
 
     @app.exception_handler(SubmitError)
     async def _submit_error(request: Request, exc: SubmitError) -> Response:
@@ -309,12 +318,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        headers = dict(exc.headers) if exc.headers else None
         if exc.status_code == 405:
             # Every method the path takes, from every route on it: the router names only the first route's.
-            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
-        kind = HTTP_KINDS.get(exc.status_code, "http_error")
-        return error_response(request.url.path, exc.status_code, kind, str(exc.detail), [], headers)
+            headers = {**(exc.headers or {}), "Allow": ", ".join(allowed_methods(request))}
+            exc = StarletteHTTPException(405, exc.detail, headers)
+        return http_error_response(request.url.path, exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:

@@ -12,10 +12,11 @@ import time
 from collections.abc import Sequence
 
 from starlette.exceptions import HTTPException
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.errors import error_response
+from service.api.errors import http_error_response
 from service.settings import ApiKey
 
 # Reachable without a key: liveness, readiness and the API's own documentation.
@@ -50,9 +51,15 @@ def matches_any(routes: Sequence[BaseRoute], scope: Scope) -> bool:
     return any(route.matches(scope)[0] is Match.FULL for route in routes)
 
 
-async def reply(scope: Scope, send: Send, status: int, type: str, message: str, **headers: str) -> None:
-    response = error_response(scope["path"], status, type, message, headers=headers or None)
+async def send_response(scope: Scope, send: Send, response: Response) -> int:
+    """Send a whole answer from outside any route; its status."""
     await response(scope, _no_body, send)
+    return response.status_code
+
+
+async def refuse(scope: Scope, send: Send, exc: HTTPException) -> None:
+    """Answer a request refused before its route ran, in the protocol of its path."""
+    await send_response(scope, send, http_error_response(scope["path"], exc))
 
 
 async def _no_body() -> Message:
@@ -68,15 +75,64 @@ def client_of(scope: Scope) -> str:
     return f"address-{client[0]}" if client else "address-unknown"
 
 
-class ApiKeyMiddleware:
-    """With keys configured, every request but the public paths needs ``Authorization: Bearer KEY``.
+class ApiKeys:
+    """The service's API keys: who a request comes from, and whether it may do what it asks.
 
-    401: no key, or one this service does not know. 403: a known read-only key asked to change something; the
-    prediction endpoints (``predictions``, matched as the router matches them, method included) are reads.
-    The key is compared in constant time and never logged; routes see only its label.
+    401: no key, or one this service does not know. 403: a known read-only key asked to change something. The key
+    is compared in constant time and never logged; routes see only its label (in the scope, under ``CLIENT``).
     """
 
-    def __init__(self, app: ASGIApp, keys: list[ApiKey], predictions: Sequence[BaseRoute]) -> None:
+    def __init__(self, keys: list[ApiKey]) -> None:
+        self.keys = keys
+
+    def refusal(self, scope: Scope, *, changes: bool) -> HTTPException | None:
+        """Why this request may not go on (None: it may); ``changes``: whether it asks to change something."""
+        key = self._key_of(scope)
+        if key is not None:
+            scope[CLIENT] = key.label
+            scope[AUTHENTICATED] = True
+        if _is_public(scope["path"]):
+            return None
+        if key is None:
+            return self._unauthorized(scope)
+        if key.read_only and changes:
+            return HTTPException(403, "this API key may read and predict, not change anything")
+        return None
+
+    def _key_of(self, scope: Scope) -> ApiKey | None:
+        token = _bearer_token(scope)
+        if not token:
+            return None
+        found = None
+        for key in self.keys:  # every key is compared, so the time taken does not tell which one matched
+            if hmac.compare_digest(key.secret, token):
+                found = key
+        return found
+
+    @staticmethod
+    def _unauthorized(scope: Scope) -> HTTPException:
+        if _bearer_token(scope):
+            message, challenge = "the API key is not valid", 'Bearer realm="trainserve", error="invalid_token"'
+        else:
+            message = "this endpoint needs an API key: Authorization: Bearer <key>"
+            challenge = 'Bearer realm="trainserve"'
+        return HTTPException(401, message, headers={"WWW-Authenticate": challenge})
+
+
+def _bearer_token(scope: Scope) -> bytes:
+    """The token of an ``Authorization: Bearer`` header (empty if there is none)."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = value.partition(b" ")
+            return token.strip() if scheme.lower() == b"bearer" else b""
+    return b""
+
+
+class ApiKeyMiddleware:
+    """With keys configured, every request but the public paths needs ``Authorization: Bearer KEY``; the
+    prediction endpoints (``predictions``, matched as the router matches them, method included) are reads."""
+
+    def __init__(self, app: ASGIApp, keys: ApiKeys, predictions: Sequence[BaseRoute]) -> None:
         self.app = app
         self.keys = keys
         self.predictions = predictions
@@ -85,40 +141,12 @@ class ApiKeyMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        key = self._key_of(scope)
-        if key is not None:
-            scope[CLIENT] = key.label
-            scope[AUTHENTICATED] = True
-        if _is_public(scope["path"]):
-            await self.app(scope, receive, send)
-            return
-        if key is None:
-            await self._refuse(scope, send)
-            return
-        if key.read_only and scope["method"] not in READ_METHODS and not matches_any(self.predictions, scope):
-            await reply(scope, send, 403, "forbidden", "this API key may read and predict, not change anything")
+        changes = scope["method"] not in READ_METHODS and not matches_any(self.predictions, scope)
+        refusal = self.keys.refusal(scope, changes=changes)
+        if refusal is not None:
+            await refuse(scope, send, refusal)
             return
         await self.app(scope, receive, send)
-
-    def _key_of(self, scope: Scope) -> ApiKey | None:
-        header = dict(scope["headers"]).get(b"authorization", b"")
-        scheme, _, token = header.partition(b" ")
-        if scheme.lower() != b"bearer" or not token.strip():
-            return None
-        found = None
-        for key in self.keys:  # every key is compared, so the time taken does not tell which one matched
-            if hmac.compare_digest(key.secret, token.strip()):
-                found = key
-        return found
-
-    async def _refuse(self, scope: Scope, send: Send) -> None:
-        scheme, _, token = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")
-        if scheme.lower() == b"bearer" and token.strip():
-            message, challenge = "the API key is not valid", 'Bearer realm="trainserve", error="invalid_token"'
-        else:
-            message = "this endpoint needs an API key: Authorization: Bearer <key>"
-            challenge = 'Bearer realm="trainserve"'
-        await reply(scope, send, 401, "unauthorized", message, **{"WWW-Authenticate": challenge})
 
 
 class InflightBudget:
@@ -195,31 +223,105 @@ class BodyDeadlines:
 SMALL_BODY = 64 * 1024
 
 
-class BodyGuard:
-    """What a request body may cost, decided by the service, never by the client.
+class BodyLimits:
+    """What a request body may cost, decided by the service, never by the client: one policy for every route.
 
-    - Size: a body over ``max_bytes`` (the uploads' own limit on ``uploads``: the file's, and room for the form) is
-      a 413, at once from
-      Content-Length, else as soon as the bytes received pass it — whatever the Content-Type says.
+    - Size: a body over its limit is a 413, at once from Content-Length, else as soon as the bytes received pass it
+      — whatever the Content-Type says.
     - Memory: the bytes received by all requests in flight count against one ``budget``; a request that would pass
       it is a 503 with Retry-After. Counted as they arrive, so a client that declares 100 MB and sends ten bytes
-      holds ten. Uploads stream to disk and are left out of the budget.
+      holds ten.
     - Time: a body whose next piece takes longer than ``timeout`` seconds to arrive is a 408.
     """
+
+    def __init__(self, *, max_bytes: int, budget: InflightBudget, timeout: float) -> None:
+        self.max_bytes = max_bytes
+        self.budget = budget
+        self.deadlines = BodyDeadlines(timeout)
+        self.too_large = (
+            f"the request body is larger than {max_bytes:,} bytes, this service's limit (TRAINSERVE_MAX_REQUEST_BYTES)"
+        )
+
+    def intake(self, length: int | None, receive: Receive, *, limit: int | None = None, too_large: str = "") -> Intake:
+        """The guarded ``receive`` of one request's body of ``length`` bytes if it says (``framing``), charged
+        to the budget (an upload, given its own ``limit``, streams to disk and is not); HTTPException if the body
+        is refused before a byte is read."""
+        counted = limit is None
+        limit = self.max_bytes if limit is None else limit
+        too_large = too_large or self.too_large
+        if length is not None and length > limit:
+            raise HTTPException(413, too_large)
+        charged = 0
+        if counted and length is not None and length <= SMALL_BODY:
+            if not self.budget.take(length):
+                raise self.busy()
+            charged = length
+        return Intake(self, receive, limit, too_large, counted and not charged, charged)
+
+    def busy(self) -> HTTPException:
+        return HTTPException(
+            503,
+            f"the service is receiving {self.budget.capacity:,} bytes of request bodies already, its limit "
+            f"(TRAINSERVE_MAX_INFLIGHT_BYTES); try again in a moment",
+            headers={"Retry-After": "1"},
+        )
+
+
+class Intake:
+    """One request's body as it arrives, within its limits: call it as the request's ``receive``; ``close`` once
+    the request is answered gives its bytes back to the budget."""
+
+    __slots__ = ("_limit", "_limits", "_per_piece", "_receive", "_too_large", "charged", "complete", "received")
+
+    def __init__(
+        self, limits: BodyLimits, receive: Receive, limit: int, too_large: str, per_piece: bool, charged: int
+    ) -> None:
+        self._limits = limits
+        self._receive = receive
+        self._limit = limit
+        self._too_large = too_large
+        self._per_piece = per_piece
+        self.charged = charged
+        self.received = 0
+        self.complete = False
+
+    async def __call__(self) -> Message:
+        if self.complete:
+            return await self._receive()
+        message = await self._limits.deadlines.receive(self._receive)
+        if message["type"] != "http.request":
+            return message
+        size = len(message.get("body", b""))
+        self.received += size
+        self.complete = not message.get("more_body", False)
+        if self.received > self._limit:
+            raise HTTPException(413, self._too_large)
+        if self._per_piece:
+            if not self._limits.budget.take(size):
+                raise self._limits.busy()
+            self.charged += size
+        return message
+
+    def close(self) -> None:
+        self._limits.budget.give(self.charged)
+        self.charged = 0
+
+
+class BodyGuard:
+    """The body limits (``BodyLimits``) around every route; an upload (one of ``uploads``) has its own limit, the
+    file's and room for the form, and streams to disk, out of the budget."""
 
     def __init__(
         self,
         app: ASGIApp,
         *,
-        max_bytes: int,
+        limits: BodyLimits,
         uploads: Sequence[BaseRoute],
         upload_max_bytes: int,
         upload_file_bytes: int,
-        budget: InflightBudget,
-        timeout: float,
     ) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.limits = limits
         self.uploads = uploads
         self.upload_methods = frozenset(m for route in uploads for m in getattr(route, "methods", None) or ())
         # Upload paths without parameters are known in advance: most requests are told apart without a regex (by
@@ -227,20 +329,15 @@ class BodyGuard:
         paths = [getattr(route, "path", "{") for route in uploads]
         self.upload_paths = None if any("{" in path for path in paths) else tuple(paths)
         self.upload_max_bytes = upload_max_bytes
-        self.budget = budget
-        self.deadlines = BodyDeadlines(timeout)
-        self.messages = {
-            True: f"the file is larger than the upload limit of {upload_file_bytes:,} bytes "
-            f"(TRAINSERVE_MAX_UPLOAD_BYTES)",
-            False: f"the request body is larger than {max_bytes:,} bytes, this service's limit "
-            f"(TRAINSERVE_MAX_REQUEST_BYTES)",
-        }
+        self.upload_too_large = (
+            f"the file is larger than the upload limit of {upload_file_bytes:,} bytes (TRAINSERVE_MAX_UPLOAD_BYTES)"
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        length, chunked = _framing(scope)
+        length, chunked = framing(scope)
         if length == 0 or (length is None and not chunked):
             await self.app(scope, receive, send)  # no body to guard
             return
@@ -249,56 +346,23 @@ class BodyGuard:
             and (self.upload_paths is None or scope["path"].endswith(self.upload_paths))
             and matches_any(self.uploads, scope)
         )
-        limit = self.upload_max_bytes if upload else self.max_bytes
-        too_large = self.messages[upload]
-        if length is not None and length > limit:
-            await reply(scope, send, 413, "payload_too_large", too_large)
-            return
-        charged = 0
-        if not upload and length is not None and length <= SMALL_BODY:
-            if not self.budget.take(length):
-                await self._busy(scope, send)
-                return
-            charged = length
-        budget = None if upload or charged else self.budget
-        received = 0
-        complete = False
-
-        async def guarded_receive() -> Message:
-            nonlocal received, charged, complete
-            if complete:
-                return await receive()
-            message = await self.deadlines.receive(receive)
-            if message["type"] != "http.request":
-                return message
-            size = len(message.get("body", b""))
-            received += size
-            complete = not message.get("more_body", False)
-            if received > limit:
-                raise HTTPException(413, too_large)
-            if budget is not None:
-                if not budget.take(size):
-                    raise HTTPException(503, _busy_message(budget), headers={"Retry-After": "1"})
-                charged += size
-            return message
-
         try:
-            await self.app(scope, guarded_receive, send)
+            if upload:
+                intake = self.limits.intake(
+                    length, receive, limit=self.upload_max_bytes, too_large=self.upload_too_large
+                )
+            else:
+                intake = self.limits.intake(length, receive)
+        except HTTPException as exc:
+            await refuse(scope, send, exc)
+            return
+        try:
+            await self.app(scope, intake, send)
         finally:
-            self.budget.give(charged)
-
-    async def _busy(self, scope: Scope, send: Send) -> None:
-        await reply(scope, send, 503, "unavailable", _busy_message(self.budget), **{"Retry-After": "1"})
+            intake.close()
 
 
-def _busy_message(budget: InflightBudget) -> str:
-    return (
-        f"the service is receiving {budget.capacity:,} bytes of request bodies already, its limit "
-        f"(TRAINSERVE_MAX_INFLIGHT_BYTES); try again in a moment"
-    )
-
-
-def _framing(scope: Scope) -> tuple[int | None, bool]:
+def framing(scope: Scope) -> tuple[int | None, bool]:
     """The body's Content-Length, if it has one, and whether it is sent in chunks instead."""
     length, chunked = None, False
     for name, value in scope["headers"]:

@@ -7,12 +7,14 @@ so every API replica reports the same job figures.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import time
 from collections.abc import Iterator
 
 import redis
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
@@ -28,36 +30,46 @@ HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTI
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
-class HttpMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.requests = Counter(
-            "trainserve_http_requests",
-            "HTTP requests answered, by method, route template and status code.",
-            ["method", "route", "status"],
-            registry=registry,
-        )
-        self.latency = Histogram(
-            "trainserve_http_request_duration_seconds",
-            "Time to answer an HTTP request, by method and route template.",
-            ["method", "route"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        # Each labelled child once: looking one up by its labels takes a lock and more time than counting.
-        self._counters: dict[tuple[str, str, int], Counter] = {}
-        self._timers: dict[tuple[str, str], Histogram] = {}
+class HttpMetrics(Collector):
+    """Requests answered, by method, route template and status, and the time each took. Counted in plain numbers
+    by the event loop's thread, the only one that counts or reads them: a labelled Prometheus metric takes a lock
+    on every update, which cost more than the rest of counting a request."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, str, str], int] = {}
+        # Per (method, route): requests by latency bucket (the last: slower than every bound), and their sum.
+        self._latencies: dict[tuple[str, str], list[float]] = {}
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         if method not in HTTP_METHODS:
             method = "other"  # a client's made-up methods must not make a new series each
-        counter = self._counters.get((method, route, status))
-        if counter is None:
-            counter = self._counters[method, route, status] = self.requests.labels(method, route, str(status))
-        timer = self._timers.get((method, route))
-        if timer is None:
-            timer = self._timers[method, route] = self.latency.labels(method, route)
-        counter.inc()
-        timer.observe(seconds)
+        key = (method, route, str(status))
+        self._counts[key] = self._counts.get(key, 0) + 1
+        latency = self._latencies.get((method, route))
+        if latency is None:
+            latency = self._latencies[method, route] = [0.0] * (len(LATENCY_BUCKETS) + 2)
+        latency[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        latency[-1] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "trainserve_http_requests",
+            "HTTP requests answered, by method, route template and status code.",
+            labels=["method", "route", "status"],
+        )
+        for labels, count in sorted(self._counts.items()):
+            requests.add_metric(list(labels), count)
+        yield requests
+        latency = HistogramMetricFamily(
+            "trainserve_http_request_duration_seconds",
+            "Time to answer an HTTP request, by method and route template.",
+            labels=["method", "route"],
+        )
+        bounds = [f"{bound:g}" for bound in LATENCY_BUCKETS] + ["+Inf"]
+        for route, counts in sorted(self._latencies.items()):
+            cumulative = list(itertools.accumulate(counts[:-1]))
+            latency.add_metric(list(route), list(zip(bounds, cumulative, strict=True)), counts[-1])
+        yield latency
 
 
 class MetricsMiddleware:
@@ -209,7 +221,8 @@ class JobsCollector(Collector):
 class Metrics:
     def __init__(self, settings: Settings, engine: Engine, queue: JobQueue) -> None:
         self.local = CollectorRegistry()
-        self.http = HttpMetrics(self.local)
+        self.http = HttpMetrics()
+        self.local.register(self.http)
         self.local.register(ServingCollector(engine))
         self.shared = CollectorRegistry()
         self.shared.register(JobsCollector(settings, queue))

@@ -18,12 +18,13 @@ are cut off the answer.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,8 +40,12 @@ Kind = Literal["litert", "xla", "graph"]
 RuntimeMode = Literal["auto", "always", "never"]
 Function = Callable[[FloatArray], FloatArray]
 
-# Timed calls of each runtime when a bucket is decided; the fastest of each counts.
+# Timed calls of each runtime when a bucket is decided, side by side, the fastest of each counting: at least
+# TIMING_ROUNDS rounds, and more (up to MAX_TIMING_ROUNDS) until TIMING_SECONDS have passed. A bucket is decided in
+# the background while requests are served: the more rounds, the likelier one of them ran undisturbed.
 TIMING_ROUNDS = 5
+MAX_TIMING_ROUNDS = 200
+TIMING_SECONDS = 0.05
 # A call timed at most this long is cheaper than sending it to a thread and back; it may run on the event loop.
 INLINE_SECONDS = 100e-6
 
@@ -201,9 +206,11 @@ class ModelCall:
                 return
             self._requested.add(bucket)
         try:
-            self._compiler.submit(self._decide_bucket, bucket)
+            decision = self._compiler.submit(self._decide_bucket, bucket)
         except RuntimeError:  # the process is exiting: the graph serves to the end
             log.debug("no decision for batch size %d: the compiler has shut down", bucket)
+            return
+        decision.add_done_callback(functools.partial(_report_failure, bucket))
 
     def _litert_on(self, bucket: int, zeros: FloatArray) -> Function | None:
         """LiteRT for this bucket, if the model has it and it runs (called once: it allocates its tensors)."""
@@ -255,9 +262,12 @@ class ModelCall:
     def _choose(self, bucket: int, functions: dict[Kind, Function], zeros: FloatArray) -> None:
         """Time each runtime side by side on the bucket; the fastest serves it."""
         timings: dict[Kind, list[float]] = {kind: [] for kind in functions}
-        for _ in range(TIMING_ROUNDS):
+        started = time.perf_counter()
+        rounds = 0
+        while rounds < TIMING_ROUNDS or (rounds < MAX_TIMING_ROUNDS and time.perf_counter() - started < TIMING_SECONDS):
             for kind, function in functions.items():
-                timings[kind].append(_seconds(function, zeros))
+                timings[kind].append(_seconds(function, zeros, CLOCKS[kind]))
+            rounds += 1
         fastest = min(timings, key=lambda kind: min(timings[kind]))
         self.seconds[bucket] = min(timings[fastest])
         self._decide(bucket, fastest, functions[fastest])
@@ -268,10 +278,29 @@ class ModelCall:
         self._chosen[bucket] = None if kind == "graph" else (kind, function)
 
 
-def _seconds(function: Function, x: FloatArray) -> float:
-    start = time.perf_counter()
+def _report_failure(bucket: int, decision: Future[None]) -> None:
+    exc = None if decision.cancelled() else decision.exception()
+    if exc is not None:
+        log.error("batch size %d could not be decided; the graph serves it", bucket, exc_info=exc)
+
+
+# How each runtime's calls are timed. LiteRT (one thread, the caller's) by the CPU time of the timing thread: its
+# wall time also counts the waits for the interpreter lock that this background thread meets whenever the event
+# loop is busy — under load, 10× the call itself, which would send cheap calls to a thread for good. TensorFlow
+# runs a call on its own threads, so the graph and XLA are timed by the wall clock.
+CLOCKS: dict[Kind, Callable[[], float]] = {
+    "litert": time.thread_time,
+    "xla": time.perf_counter,
+    "graph": time.perf_counter,
+}
+
+
+def _seconds(function: Function, x: FloatArray, clock: Callable[[], float]) -> float:
+    """The time of one call, right after another: as a runtime serves calls in turn, not cold from the others'."""
     function(x)
-    return time.perf_counter() - start
+    start = clock()
+    function(x)
+    return clock() - start
 
 
 def load_model_call(

@@ -12,8 +12,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from service.api.deps import bodies_of, engine_of
 from service.api.errors import responses
+from service.api.exchange import Answer, Exchange, respond
 from service.api.schemas import PredictRequest, PredictResponse
 from service.serving.codecs import native
 from service.serving.codecs.native import NPY
@@ -58,17 +58,21 @@ async def predict(request: Request) -> Response:
     Large batches go faster as a NumPy `.npy` body (`Content-Type: application/x-npy`, the model in the query:
     `/predict?model=name`); `Accept: application/x-npy` answers the predictions as `.npy` too. Concurrent
     requests for one model are computed together (see `/metrics`)."""
-    engine, bodies = engine_of(request), bodies_of(request)
-    body = await bodies.read(request)
+    return await respond(request, answer)
+
+
+async def answer(exchange: Exchange) -> Answer:
+    """POST /predict's handler."""
+    engine = exchange.engine
     try:
-        parsed = native.parse(body.data, request.headers.get("content-type", ""), request.query_params)
+        parsed = native.parse(exchange.body.data, exchange.header(b"content-type") or "", exchange.query)
         count = native.count(parsed)
         if count is not None:  # JSON: parsed, so nothing refers to the bytes any more
-            bodies.release(body)
+            exchange.release()
             engine.check_count(count, ("instances",))
         loaded = await engine.resolve(parsed.ref)
         outputs = await engine.predict(loaded, native.to_batch(parsed, loaded.info, engine.check_count))
     finally:
-        bodies.release(body)  # the model's call is over (or never came): nothing reads the bytes again
-    answer = native.encode(loaded.info, outputs, request.headers.get("accept", ""))
-    return Response(answer.content, media_type=answer.media_type, headers=answer.headers)
+        exchange.release()  # the model's call is over (or never came): nothing reads the bytes again
+    encoded = native.encode(loaded.info, outputs, exchange.header(b"accept") or "")
+    return Answer(encoded.content, encoded.media_type, encoded.headers)

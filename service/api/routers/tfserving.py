@@ -10,7 +10,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from service.api.deps import EngineDep, bodies_of, engine_of
+from service.api.deps import EngineDep
+from service.api.exchange import Answer, Exchange, respond
 from service.api.params import ModelVersion, ServableModelName
 from service.registry import ModelRef
 from service.serving.codecs import shared, tfserving
@@ -97,23 +98,24 @@ async def version_metadata(name: Name, version: Version, engine: EngineDep) -> R
     return _json(tfserving.metadata(await _infos(engine, name, version)))
 
 
-async def _predict(request: Request, name: str, version: str | None) -> Response:
-    engine, bodies = engine_of(request), bodies_of(request)
-    body = await bodies.read(request)
+async def answer(exchange: Exchange) -> Answer:
+    """The handler of both `:predict` routes: the latest version, or the one in the path."""
+    engine = exchange.engine
     try:
-        parsed = tfserving.parse(body.data)
+        parsed = tfserving.parse(exchange.body.data)
     finally:
-        bodies.release(body)  # parsed: nothing refers to the bytes any more
-    loaded = await engine.resolve(ModelRef(name=name, version=tfserving.version_of(version)))
+        exchange.release()  # parsed: nothing refers to the bytes any more
+    version = tfserving.version_of(exchange.params.get("version"))
+    loaded = await engine.resolve(ModelRef(name=exchange.params["name"], version=version))
     outputs = await engine.predict(loaded, tfserving.to_batch(parsed, loaded.info, engine.check_count))
-    return Response(tfserving.answer(parsed, outputs), media_type="application/json")
+    return Answer(tfserving.answer(parsed, outputs), "application/json")
 
 
 @router.post("/{name:servable}:predict", responses=RESPONSES, openapi_extra=PREDICT_BODY)
 async def predict(name: Name, request: Request) -> Response:
     """Predict with the latest version: `{"instances": [...]}` → `{"predictions": [...]}`, or
     `{"inputs": ...}` → `{"outputs": ...}`."""
-    return await _predict(request, name, None)
+    return await respond(request, answer)
 
 
 @router.post(
@@ -121,4 +123,4 @@ async def predict(name: Name, request: Request) -> Response:
 )
 async def predict_version(name: Name, version: Version, request: Request) -> Response:
     """Predict with one version of the model."""
-    return await _predict(request, name, version)
+    return await respond(request, answer)

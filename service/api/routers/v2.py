@@ -13,7 +13,8 @@ from fastapi import APIRouter, Request, Response
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import EngineDep, bodies_of, engine_of
+from service.api.deps import EngineDep
+from service.api.exchange import Answer, Exchange, respond
 from service.api.params import ModelName, ModelVersion
 from service.db import session_factory
 from service.registry import ModelRef
@@ -22,6 +23,7 @@ from service.serving.codecs.v2 import DATATYPE, HEADER_LENGTH, INPUT_NAME, OUTPU
 from service.serving.engine import Engine, ModelInfo
 from service.serving.errors import ModelNotFoundError
 
+HEADER_LENGTH_KEY = HEADER_LENGTH.lower().encode("latin-1")  # as ASGI servers give header names
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
 
 Name = ModelName
@@ -151,29 +153,30 @@ async def _ready(engine: Engine, name: str, version: str | None) -> Response:
     return _json({"name": loaded.info.name, "ready": True})
 
 
-async def _infer(request: Request, name: str, version: str | None) -> Response:
-    engine, bodies = engine_of(request), bodies_of(request)
-    body = await bodies.read(request)
+async def answer(exchange: Exchange) -> Answer:
+    """The handler of both `/infer` routes: the latest version, or the one in the path."""
+    engine = exchange.engine
     try:
         parsed = v2.parse(
-            body.data, request.headers.get(HEADER_LENGTH), request.headers.get("content-encoding", "identity")
+            exchange.body.data, exchange.header(HEADER_LENGTH_KEY), exchange.header(b"content-encoding") or "identity"
         )
-        loaded = await engine.resolve(ModelRef(name=name, version=v2.version_of(version)))
+        version = v2.version_of(exchange.params.get("version"))
+        loaded = await engine.resolve(ModelRef(name=exchange.params["name"], version=version))
         x = v2.to_batch(parsed, loaded.info, engine.check_count)
         binary = v2.wants_binary(parsed, loaded.info)
         outputs = await engine.predict(loaded, x)
     finally:
-        bodies.release(body)  # the model's call is over: nothing reads the binary section again
-    answer = v2.answer(parsed, loaded.info, outputs, binary)
-    return Response(answer.content, media_type=answer.media_type, headers=answer.headers)
+        exchange.release()  # the model's call is over: nothing reads the binary section again
+    encoded = v2.answer(parsed, loaded.info, outputs, binary)
+    return Answer(encoded.content, encoded.media_type, encoded.headers)
 
 
 @router.post("/models/{name}/infer", responses=RESPONSES, openapi_extra=INFER_BODY)
 async def infer(name: Name, request: Request) -> Response:
     """Run the latest version of the model on the `input` tensor; answers the `output` tensor."""
-    return await _infer(request, name, None)
+    return await respond(request, answer)
 
 
 @router.post("/models/{name}/versions/{version}/infer", responses=RESPONSES, openapi_extra=INFER_BODY)
 async def infer_version(name: Name, version: Version, request: Request) -> Response:
-    return await _infer(request, name, version)
+    return await respond(request, answer)

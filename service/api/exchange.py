@@ -1,0 +1,78 @@
+"""A prediction request as its protocol's handler sees it, and the handler's answer: no Starlette objects.
+
+The prediction endpoints (``POST /predict``, TF Serving's ``:predict``, the Open Inference Protocol's ``/infer``)
+are handlers ``Exchange → Answer``. The prediction lane (``prediction_lane``) calls them straight from the ASGI
+scope; their FastAPI declarations, which /docs shows, call them through :func:`respond`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from starlette.datastructures import QueryParams
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.api.body_buffers import Body, BodyBuffers
+from service.serving.engine import Engine
+
+RawHeaders = list[tuple[bytes, bytes]]
+NO_QUERY = QueryParams()
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One prediction request: its path parameters, headers and query as the server gave them, and its body,
+    valid until :meth:`release`."""
+
+    engine: Engine
+    params: Mapping[str, str]
+    headers: RawHeaders
+    query_string: bytes
+    body: Body
+    bodies: BodyBuffers
+
+    def header(self, name: bytes) -> str | None:
+        """The first value of the header ``name`` (lower case, as ASGI servers give names), or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value.decode("latin-1")
+        return None
+
+    @property
+    def query(self) -> QueryParams:
+        return QueryParams(self.query_string) if self.query_string else NO_QUERY
+
+    def release(self) -> None:
+        """Nothing reads the body any more: its buffer may take the next request's."""
+        self.bodies.release(self.body)
+
+
+@dataclass(slots=True)
+class Answer:
+    """A 200 answer: its bytes, their media type and any other headers."""
+
+    content: bytes
+    media_type: str
+    headers: Mapping[str, str] | None = None
+
+
+Handler = Callable[[Exchange], Awaitable[Answer]]
+
+
+async def respond(request: Request, handler: Handler) -> Response:
+    """A handler's answer to a request that came through FastAPI's router; its failures go to the app's exception
+    handlers, like any route's."""
+    engine: Engine = request.app.state.engine
+    bodies: BodyBuffers = request.app.state.bodies
+    length = request.headers.get("content-length", "")
+    body = await bodies.read(int(length) if length.isdigit() else None, request.receive)
+    exchange = Exchange(
+        engine, request.path_params, request.scope["headers"], request.scope["query_string"], body, bodies
+    )
+    try:
+        answer = await handler(exchange)
+    finally:
+        exchange.release()
+    return Response(answer.content, media_type=answer.media_type, headers=dict(answer.headers or {}))
