@@ -78,8 +78,10 @@ async def _interleaved(
             await load(index, warmup)
         counts = [0] * len(targets)
         seconds = [0.0] * len(targets)
-        for _ in range(slices):
-            for index in range(len(targets)):
+        for turn in range(slices):
+            # Each round starts with the next target: whichever follows another has no place of its own.
+            for step in range(len(targets)):
+                index = (turn + step) % len(targets)
                 count, elapsed = await load(index, slice_seconds)
                 counts[index] += count
                 seconds[index] += elapsed
@@ -100,8 +102,8 @@ def throughputs(
 ) -> list[float]:
     """Requests per second of each target with ``concurrency`` clients sending its request back to back.
 
-    The targets take turns in short slices, so that whatever else the machine is doing weighs on each of them
-    alike; each is warmed up first."""
+    The targets take turns in short slices, each round starting with the next one, so that whatever else the
+    machine is doing weighs on each of them alike; each is warmed up first."""
     import uvloop
 
     return uvloop.run(_interleaved(host, targets, concurrency, warmup, slices, slice_seconds))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
@@ -157,3 +158,45 @@ def test_a_cheap_call_runs_on_the_event_loop_and_any_other_in_a_thread() -> None
     assert model.calls[:3] == [1, 2, 7]
     assert threads[:2] == ["MainThread", "MainThread"]
     assert threads[2].startswith("inference")
+
+
+def test_one_client_at_a_time_is_answered_at_once_and_a_burst_still_merges() -> None:
+    """After a batch of one, a cheap request that is still alone once the others ready to ask have asked runs at
+    once, with no task of its own; requests that arrive meanwhile queue behind it as usual and share one call, so
+    a service that was answering one client at a time goes back to merging as soon as more come."""
+    model = Model()
+    stats = BatchStats().for_model("m", "m", 1)
+    with ThreadPoolExecutor(1) as executor:
+        batcher = Batcher(
+            model, executor=executor, max_batch_size=64, max_latency_s=0.5, stats=stats, inline=lambda rows: True
+        )
+
+        async def main() -> tuple[list[FloatArray], list[FloatArray], int]:
+            loop = asyncio.get_running_loop()
+            created: list[object] = []
+
+            def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+                created.append(coro)
+                return asyncio.Task(coro, loop=loop, **kwargs)
+
+            one_at_a_time = [await batcher.submit(batch(i, 1)) for i in range(5)]
+            loop.set_task_factory(counting)
+            alone = await batcher.submit(batch(50, 1))
+            assert created == [], "a lone request needs no task to drain it"
+            loop.set_task_factory(None)
+            burst = await asyncio.gather(*(batcher.submit(batch(100 + i, 1)) for i in range(6)))
+            after = await asyncio.gather(*(batcher.submit(batch(200 + i, 1)) for i in range(6)))
+            return [*one_at_a_time, alone], [*burst, *after], len(model.calls)
+
+        singles, merged, calls = asyncio.run(main())
+    for i, y in enumerate(singles[:5]):
+        assert np.array_equal(y, expected(batch(i, 1)))
+    assert np.array_equal(singles[5], expected(batch(50, 1)))
+    assert model.calls[:6] == [1] * 6
+    # The first of the burst found the batcher alone and let the others ask first: all six share one call, and
+    # so do the six after them.
+    assert model.calls[6:] == [6, 6], model.calls
+    for i, y in enumerate(merged[:6]):
+        assert np.array_equal(y, expected(batch(100 + i, 1)))
+    assert calls == 8
+    assert stats.requests.total == 5 + 1 + 12

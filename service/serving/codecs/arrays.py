@@ -4,6 +4,7 @@ the protocols share."""
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -75,8 +76,9 @@ def batch_from_npy(body: BodyBytes, info: ModelInfo, check_count: Callable[[int]
 
 def finite_batch(x: FloatArray, what: str, loc: tuple[str | int, ...]) -> FloatArray:
     """``x`` if every value is a finite number; else InvalidInputError naming the first instance that is not."""
-    # min and max carry any NaN or infinity through, without a mask the size of the batch.
-    if x.size and not (np.isfinite(x.min()) and np.isfinite(x.max())):
+    # A sum is finite only if every value is (or it overflowed, which min and max then tell apart): one pass, and no
+    # mask the size of the batch.
+    if x.size and not math.isfinite(x.sum()) and not (np.isfinite(x.min()) and np.isfinite(x.max())):
         bad = int(np.argwhere(~np.isfinite(x).reshape(len(x), -1).all(axis=1))[0][0])
         raise InvalidInputError(f"{what} must be finite numbers (no NaN or Infinity)", (*loc, bad) if loc else ())
     return x

@@ -93,7 +93,7 @@ def encode(info: ModelInfo, outputs: FloatArray, accept: str) -> Answer:
         np.lib.format.write_array(buffer, outputs, allow_pickle=False)
         headers = {"X-Model-Id": info.model_id, "X-Model-Version": str(info.version)}
         return Answer(buffer.getvalue(), NPY, headers)
-    classes = classes_of(outputs)
+    classes = classes_of(outputs).tolist()
     labels = [info.class_names[c] for c in classes] if info.class_names else None
     content = {
         "model_id": info.model_id,
