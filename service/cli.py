@@ -56,14 +56,13 @@ def api(host: Host = "127.0.0.1", port: Port = 8000) -> None:
     """Run only the API; jobs go to the Redis at TRAINSERVE_REDIS_URL."""
     import uvicorn
 
-    from service.api.app import create_app
+    from service.api.app import create_app, server_options
 
     _logging()
     settings = get_settings()
     if not settings.redis_url:
         raise typer.BadParameter("set TRAINSERVE_REDIS_URL (or use `trainserve serve`)")
-    # log_config=None: uvicorn's loggers go through the handler configured above.
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower(), log_config=None)
+    uvicorn.run(create_app(settings), host=host, port=port, **server_options(settings))
 
 
 @app.command()

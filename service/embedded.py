@@ -176,12 +176,10 @@ def serve(settings: Settings, host: str, port: int) -> None:
     uvicorn runs on a thread of its own: it installs signal handlers only on the main thread, and re-raises the
     signal once it has stopped, which would end this process before it stops the worker and Redis. Here a signal
     only asks the server to stop (a second one, to stop now), and the backend is stopped after it."""
-    from service.api.app import create_app
+    from service.api.app import create_app, server_options
 
     with embedded_backend(settings) as backend:
-        config = uvicorn.Config(
-            create_app(backend.settings), host=host, port=port, log_level=settings.log_level.lower(), log_config=None
-        )
+        config = uvicorn.Config(create_app(backend.settings), host=host, port=port, **server_options(settings))
         server = uvicorn.Server(config)
 
         def ask_to_stop(_signum: int, _frame: object) -> None:

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from starlette.types import Message, Receive, Scope, Send
 
-from service.api.app import create_app
+from service.api.app import TrainServeApp, create_app
 from service.api.body_buffers import BodyBuffers
 from service.api.exchange import Answer, Exchange
 from service.api.middleware import BodyLimits, InflightBudget
@@ -32,12 +31,11 @@ PREDICTION_PATHS = [
 ]
 
 
-def lane_of(app: FastAPI) -> PredictionLane:
+def lane_of(app: TrainServeApp) -> PredictionLane:
     """The app's prediction lane, as the app builds it."""
-    outermost = app.user_middleware[0]
-    assert getattr(outermost.cls, "__name__", "") == PredictionLane.__name__
-    kwargs: dict[str, Any] = dict(outermost.kwargs)
-    return PredictionLane(app, **kwargs)
+    lane = app.build_middleware_stack()
+    assert isinstance(lane, PredictionLane)
+    return lane
 
 
 def scope_of(
@@ -76,15 +74,15 @@ def test_prediction_paths_are_answered_by_the_lane_and_still_documented(settings
 
 
 def test_the_lane_is_in_front_of_every_other_middleware(settings: Settings) -> None:
-    app = create_app(settings.model_copy(update={"api_keys": "secret"}))
-    order = [getattr(m.cls, "__name__", "") for m in app.user_middleware]  # outermost first
-    assert order == ["PredictionLane", "MetricsMiddleware", "ApiKeyMiddleware", "BodyGuard"]
-    open_app = create_app(settings)
-    assert [getattr(m.cls, "__name__", "") for m in open_app.user_middleware] == [
-        "PredictionLane",
-        "MetricsMiddleware",
-        "BodyGuard",
-    ]
+    """In front of the app's own middleware and of FastAPI's outer layers (its 500 handler among them): the lane
+    applies the same keys, limits and metrics itself, and answers its own failures."""
+    for keyed, expected in ((True, ["MetricsMiddleware", "ApiKeyMiddleware", "BodyGuard"]), (False, None)):
+        app = create_app(settings.model_copy(update={"api_keys": "secret" if keyed else ""}))
+        order = [getattr(m.cls, "__name__", "") for m in app.user_middleware]  # outermost first
+        assert order == (expected or ["MetricsMiddleware", "BodyGuard"])
+        lane = lane_of(app)
+        assert type(lane.app).__name__ == "ServerErrorMiddleware", "the rest of the app is FastAPI's whole stack"
+        assert (lane.keys is not None) == keyed
 
 
 def test_the_lane_answers_errors_as_every_route_does(settings: Settings) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import importlib
 import logging
@@ -14,6 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute, APIRouter
 from starlette.routing import BaseRoute
+from starlette.types import ASGIApp
 
 from service.api import errors
 from service.api.body_buffers import BodyBuffers
@@ -61,7 +63,19 @@ do, `{"error": "..."}`, with 400 where this API uses 422.
 """
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+class TrainServeApp(FastAPI):
+    """FastAPI with the prediction lane (``prediction_lane``, given the rest of the app) in front of its whole
+    middleware stack, FastAPI's and Starlette's outer layers included: a prediction has no use for them, and the
+    lane answers its own failures, a 500 included. FastAPI's OpenTelemetry support still wraps every request."""
+
+    prediction_lane: Callable[[ASGIApp], ASGIApp] | None = None
+
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        return stack if self.prediction_lane is None else self.prediction_lane(stack)
+
+
+def create_app(settings: Settings | None = None) -> TrainServeApp:
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -84,7 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             app.state.ingests.close()
 
-    app = FastAPI(
+    app = TrainServeApp(
         title="TrainServe",
         version="0.1.0",
         description=DESCRIPTION,
@@ -126,8 +140,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         timeout=settings.body_timeout,
     )
     # Middleware, innermost first (each one added wraps the ones before): the body guard, API keys (checked before
-    # the body is read), metrics (refusals count too), and outermost the prediction lane, which answers the
-    # prediction endpoints with the same keys, limits and metrics in one pass.
+    # the body is read), metrics (refusals count too); and in front of them all the prediction lane, which answers
+    # the prediction endpoints with the same keys, limits and metrics in one pass.
     app.add_middleware(
         BodyGuard,
         limits=limits,
@@ -138,7 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if keys is not None:
         app.add_middleware(ApiKeyMiddleware, keys=keys, predictions=routes_of(routers, predictions))
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics.http)
-    app.add_middleware(
+    app.prediction_lane = functools.partial(
         PredictionLane,
         routes=lane_routes(routes_of(routers, predictions), handlers),
         engine=app.state.engine,
@@ -150,6 +164,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     _openapi(app, bearer=bool(settings.keys))
     return app
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options for the API. Its loggers go through the service's handler (``log_config=None``); its access
+    log is kept only where its lines are written (INFO, DEBUG): above, each request would still format one for
+    nothing."""
+    level = settings.log_level.lower()
+    return {"log_level": level, "log_config": None, "access_log": level in ("debug", "info")}
 
 
 def routes_of(routers: list[APIRouter], endpoints: list[Callable[..., Any]]) -> list[BaseRoute]:

@@ -26,6 +26,7 @@ from service.db import ModelRow, session_factory
 from service.registry import ModelRef
 from service.serving.batching import Batcher, BatchStats
 from service.serving.errors import ModelNotFoundError, StoreIntegrityError, TooManyInstancesError
+from service.serving.litert import LITERT_OFF, NO_FLATBUFFER
 from service.serving.model_call import ModelCall, RuntimeMode, load_model_call
 from service.settings import Settings
 from service.store import StoreError, litert_path, verified_bytes, verified_path
@@ -196,9 +197,9 @@ class ModelCache:
         """The model's verified flatbuffer, or why there is none to run. A stored flatbuffer that is not the one
         recorded never runs; the verified .keras file still answers, on TensorFlow."""
         if self._litert == "never":
-            return None, "TRAINSERVE_PREDICT_LITERT is never"
+            return None, LITERT_OFF  # not even read
         if info.litert_sha256 is None:
-            return None, "the model has no flatbuffer"
+            return None, NO_FLATBUFFER
         try:
             return verified_bytes(
                 litert_path(self.store, info.model_id), info.litert_sha256, f"flatbuffer of model {info.model_id}"

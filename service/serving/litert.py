@@ -29,6 +29,9 @@ FloatArray = npt.NDArray[np.float32]
 # (at least 1): float32 kernels that sum in another order differ by some 1e-7.
 PROBE_TOLERANCE = 1e-5
 PROBE_ROWS = 8
+# Why a loaded model has no LiteRT runtime, when it is not the flatbuffer's fault.
+NO_FLATBUFFER = "the model has no flatbuffer"
+LITERT_OFF = "LiteRT is off (TRAINSERVE_PREDICT_LITERT=never)"
 
 
 class ConversionError(Exception):
@@ -62,7 +65,6 @@ class LiteRtModel:
         self.content = content
         self.input_shape = input_shape
         self.scale = None if rescale is None else np.float32(rescale)
-        self._interpreter = Interpreter
         self._local = threading.local()
         read = Interpreter(model_content=content, num_threads=1)  # ValueError for what is no flatbuffer
         inputs, outputs = read.get_input_details(), read.get_output_details()
@@ -75,7 +77,9 @@ class LiteRtModel:
         self._output = int(outputs[0]["index"])
 
     def _new(self, rows: int) -> Any:
-        interpreter = self._interpreter(model_content=self.content, num_threads=1)
+        from ai_edge_litert.interpreter import Interpreter
+
+        interpreter = Interpreter(model_content=self.content, num_threads=1)
         index = interpreter.get_input_details()[0]["index"]
         interpreter.resize_tensor_input(index, [rows, *self.input_shape], strict=True)
         interpreter.allocate_tensors()

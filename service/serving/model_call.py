@@ -31,7 +31,14 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from service.serving.litert import PROBE_TOLERANCE, LiteRtModel, difference, probe_batch
+from service.serving.litert import (
+    LITERT_OFF,
+    NO_FLATBUFFER,
+    PROBE_TOLERANCE,
+    LiteRtModel,
+    difference,
+    probe_batch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +86,7 @@ class ModelCall:
         xla: RuntimeMode = "auto",
         litert: LiteRtModel | None = None,
         litert_mode: RuntimeMode = "auto",
-        litert_refusal: str = "the model has no flatbuffer",
+        litert_refusal: str = NO_FLATBUFFER,
         max_rows: int | None = None,
     ) -> None:
         import tensorflow as tf
@@ -102,9 +109,11 @@ class ModelCall:
         self.graph = tf.function(serve, input_signature=signature).get_concrete_function()
         self._xla = tf.function(serve, jit_compile=True)
         self._xla_mode = xla
+        if litert_mode == "never" and litert is not None:
+            litert, litert_refusal = None, LITERT_OFF
         # Why the model has no LiteRT runtime, if it has none.
         self.litert_refusal: str | None = litert_refusal if litert is None else None
-        self._litert = None if litert_mode == "never" else litert
+        self._litert = litert
         if self._litert is not None:
             self._litert = self._checked(self._litert, rescale)
         if self._litert is not None:  # the flatbuffer holds its own copy of the weights
@@ -318,7 +327,7 @@ def load_model_call(
 
     model = keras.models.load_model(path, compile=False, safe_mode=True)
     runtime = None
-    refusal = litert_refusal or "the model has no flatbuffer"
+    refusal = litert_refusal or NO_FLATBUFFER
     if litert is not None:
         try:
             runtime = LiteRtModel(litert, input_shape, rescale)
