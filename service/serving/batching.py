@@ -217,8 +217,11 @@ class Batcher:
         if len(xs) == 1:
             return [self._call(xs[0])]
         outputs = self._call(np.concatenate(xs))
-        ends = np.cumsum([len(x) for x in xs])[:-1]
-        return list(np.split(outputs, ends))
+        rows, start = [], 0
+        for x in xs:  # views, each request's own rows
+            rows.append(outputs[start : start + len(x)])
+            start += len(x)
+        return rows
 
     def _record(self, batch: list[_Pending]) -> None:
         self._stats.requests.observe(len(batch))
