@@ -1,4 +1,5 @@
-"""A prediction request as its protocol's handler sees it, and the handler's answer: no Starlette objects.
+"""A prediction request as its protocol's handler sees it (its answer is the codec's ``Answer``): no Starlette
+objects.
 
 The prediction endpoints (``POST /predict``, TF Serving's ``:predict``, the Open Inference Protocol's ``/infer``)
 are handlers ``Exchange → Answer``. The prediction lane (``prediction_lane``) calls them straight from the ASGI
@@ -15,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.api.body_buffers import Body, BodyBuffers
+from service.serving.codecs.shared import Answer
 from service.serving.engine import Engine
 
 RawHeaders = list[tuple[bytes, bytes]]
@@ -49,14 +51,7 @@ class Exchange:
         self.bodies.release(self.body)
 
 
-@dataclass(slots=True)
-class Answer:
-    """A 200 answer: its bytes, their media type and any other headers."""
-
-    content: bytes
-    media_type: str
-    headers: Mapping[str, str] | None = None
-
+__all__ = ["Answer", "Exchange", "Handler", "respond"]
 
 Handler = Callable[[Exchange], Awaitable[Answer]]
 

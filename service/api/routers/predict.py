@@ -74,5 +74,4 @@ async def answer(exchange: Exchange) -> Answer:
         outputs = await engine.predict(loaded, native.to_batch(parsed, loaded.info, engine.check_count))
     finally:
         exchange.release()  # the model's call is over (or never came): nothing reads the bytes again
-    encoded = native.encode(loaded.info, outputs, exchange.header(b"accept") or "")
-    return Answer(encoded.content, encoded.media_type, encoded.headers)
+    return native.encode(loaded.info, outputs, exchange.header(b"accept") or "")

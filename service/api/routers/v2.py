@@ -167,8 +167,7 @@ async def answer(exchange: Exchange) -> Answer:
         outputs = await engine.predict(loaded, x)
     finally:
         exchange.release()  # the model's call is over: nothing reads the binary section again
-    encoded = v2.answer(parsed, loaded.info, outputs, binary)
-    return Answer(encoded.content, encoded.media_type, encoded.headers)
+    return v2.answer(parsed, loaded.info, outputs, binary)
 
 
 @router.post("/models/{name}/infer", responses=RESPONSES, openapi_extra=INFER_BODY)

@@ -14,6 +14,7 @@ import orjson
 
 from service.registry import ModelRef, parse_reference
 from service.serving.codecs.arrays import BodyBytes, FloatArray, batch_from_json, batch_from_npy, classes_of
+from service.serving.codecs.shared import Answer
 from service.serving.engine import ModelInfo
 from service.serving.errors import InvalidInputError, Loc
 
@@ -80,13 +81,6 @@ def to_batch(request: Request, info: ModelInfo, check_count: Callable[[int], Non
     return batch_from_json(request.instances, info, "instances", ("instances",))
 
 
-@dataclass
-class Answer:
-    content: bytes
-    media_type: str
-    headers: dict[str, str]
-
-
 def encode(info: ModelInfo, outputs: FloatArray, accept: str) -> Answer:
     if NPY in accept:
         buffer = io.BytesIO()
@@ -103,4 +97,4 @@ def encode(info: ModelInfo, outputs: FloatArray, accept: str) -> Answer:
         "classes": classes,
         "labels": labels,
     }
-    return Answer(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), "application/json", {})
+    return Answer(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), "application/json")

@@ -1,9 +1,12 @@
-"""What TensorFlow Serving's REST API and the Open Inference Protocol share: an error is ``{"error": "<message>"}``,
-answers are JSON with NumPy arrays in them, and a version in the path is a whole number. Each protocol keeps its own
+"""What the protocols share: an answer (:class:`Answer`); and for TensorFlow Serving's REST API and the Open
+Inference Protocol, an error is ``{"error": "<message>"}``, answers are JSON with NumPy arrays in them, and a version
+in the path is a whole number. Each protocol keeps its own
 wording for a model that is not there."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -29,6 +32,15 @@ STATUS: dict[type[ServingError], int] = {
 OPENAPI_ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"content": {"application/json": {"schema": ERROR_SCHEMA}}} for status in sorted(set(STATUS.values()))
 }
+
+
+@dataclass(slots=True)
+class Answer:
+    """A protocol's 200 answer: its bytes, their media type and any other headers."""
+
+    content: bytes
+    media_type: str
+    headers: Mapping[str, str] | None = None
 
 
 def render(message: str) -> bytes:

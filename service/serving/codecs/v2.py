@@ -15,6 +15,7 @@ import orjson
 
 from service.serving.codecs import shared
 from service.serving.codecs.arrays import BodyBytes, FloatArray, finite_batch
+from service.serving.codecs.shared import Answer
 from service.serving.engine import ModelInfo
 from service.serving.errors import (
     InvalidInputError,
@@ -171,13 +172,6 @@ def wants_binary(request: Request, info: ModelInfo) -> bool:
     return binary
 
 
-@dataclass
-class Answer:
-    content: bytes
-    media_type: str
-    headers: dict[str, str]
-
-
 def answer(request: Request, info: ModelInfo, outputs: FloatArray, binary: bool) -> Answer:
     output: dict[str, Any] = {"name": OUTPUT_NAME, "datatype": DATATYPE, "shape": list(outputs.shape)}
     content: dict[str, Any] = {"model_name": info.name, "model_version": str(info.version)}
@@ -186,7 +180,7 @@ def answer(request: Request, info: ModelInfo, outputs: FloatArray, binary: bool)
     content["outputs"] = [output]
     if not binary:
         output["data"] = outputs.reshape(-1)
-        return Answer(shared.encode(content), "application/json", {})
+        return Answer(shared.encode(content), "application/json")
     data = outputs.astype("<f4", copy=False).tobytes()
     output["parameters"] = {"binary_data_size": len(data)}
     header = orjson.dumps(content)
