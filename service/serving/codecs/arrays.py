@@ -78,7 +78,9 @@ def finite_batch(x: FloatArray, what: str, loc: tuple[str | int, ...]) -> FloatA
     """``x`` if every value is a finite number; else InvalidInputError naming the first instance that is not."""
     # A sum is finite only if every value is (or it overflowed, which min and max then tell apart): one pass, and no
     # mask the size of the batch.
-    if x.size and not math.isfinite(x.sum()) and not (np.isfinite(x.min()) and np.isfinite(x.max())):
+    with np.errstate(over="ignore", invalid="ignore"):  # what the sum meets is refused below, not warned of
+        total = x.sum() if x.size else 0.0
+    if not math.isfinite(total) and not (np.isfinite(x.min()) and np.isfinite(x.max())):
         bad = int(np.argwhere(~np.isfinite(x).reshape(len(x), -1).all(axis=1))[0][0])
         raise InvalidInputError(f"{what} must be finite numbers (no NaN or Infinity)", (*loc, bad) if loc else ())
     return x
