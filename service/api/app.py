@@ -131,7 +131,6 @@ def create_app(settings: Settings | None = None) -> TrainServeApp:
         v2.infer: v2.answer,
         v2.infer_version: v2.answer,
     }
-    predictions = list(handlers)
     app.state.metrics = Metrics(settings, app.state.engine, app.state.queue)
     keys = ApiKeys(settings.keys) if settings.keys else None  # an open service skips the check altogether
     limits = BodyLimits(
@@ -150,11 +149,11 @@ def create_app(settings: Settings | None = None) -> TrainServeApp:
         upload_file_bytes=settings.max_upload_bytes,
     )
     if keys is not None:
-        app.add_middleware(ApiKeyMiddleware, keys=keys, predictions=routes_of(routers, predictions))
+        app.add_middleware(ApiKeyMiddleware, keys=keys)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics.http)
     app.prediction_lane = functools.partial(
         PredictionLane,
-        routes=lane_routes(routes_of(routers, predictions), handlers),
+        routes=lane_routes([route for router in routers for route in router.routes], handlers),
         engine=app.state.engine,
         bodies=app.state.bodies,
         limits=limits,

@@ -14,13 +14,16 @@ from dataclasses import dataclass
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope
 
 from service.api.body_buffers import Body, BodyBuffers
+from service.api.middleware import framing
 from service.serving.codecs.shared import Answer
 from service.serving.engine import Engine
 
 RawHeaders = list[tuple[bytes, bytes]]
 NO_QUERY = QueryParams()
+NO_BODY = Body(b"")
 
 
 @dataclass(slots=True)
@@ -51,20 +54,25 @@ class Exchange:
         self.bodies.release(self.body)
 
 
-__all__ = ["Answer", "Exchange", "Handler", "respond"]
+__all__ = ["Answer", "Exchange", "Handler", "receive_exchange", "respond"]
 
 Handler = Callable[[Exchange], Awaitable[Answer]]
+
+
+async def receive_exchange(
+    scope: Scope, receive: Receive, params: Mapping[str, str], engine: Engine, bodies: BodyBuffers
+) -> Exchange:
+    """The request of ``scope``, its whole body received from ``receive``."""
+    length, chunked = framing(scope)
+    body = await bodies.read(length, receive) if length or chunked else NO_BODY
+    return Exchange(engine, params, scope["headers"], scope["query_string"], body, bodies)
 
 
 async def respond(request: Request, handler: Handler) -> Response:
     """A handler's answer to a request that came through FastAPI's router; its failures go to the app's exception
     handlers, like any route's."""
-    engine: Engine = request.app.state.engine
-    bodies: BodyBuffers = request.app.state.bodies
-    length = request.headers.get("content-length", "")
-    body = await bodies.read(int(length) if length.isdigit() else None, request.receive)
-    exchange = Exchange(
-        engine, request.path_params, request.scope["headers"], request.scope["query_string"], body, bodies
+    exchange = await receive_exchange(
+        request.scope, request.receive, request.path_params, request.app.state.engine, request.app.state.bodies
     )
     try:
         answer = await handler(exchange)

@@ -129,20 +129,19 @@ def _bearer_token(scope: Scope) -> bytes:
 
 
 class ApiKeyMiddleware:
-    """With keys configured, every request but the public paths needs ``Authorization: Bearer KEY``; the
-    prediction endpoints (``predictions``, matched as the router matches them, method included) are reads."""
+    """With keys configured, every request but the public paths needs ``Authorization: Bearer KEY``, and a
+    read-only key may only read. The prediction endpoints, reads too, never come here: the prediction lane answers
+    them, with the same ``ApiKeys``."""
 
-    def __init__(self, app: ASGIApp, keys: ApiKeys, predictions: Sequence[BaseRoute]) -> None:
+    def __init__(self, app: ASGIApp, keys: ApiKeys) -> None:
         self.app = app
         self.keys = keys
-        self.predictions = predictions
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        changes = scope["method"] not in READ_METHODS and not matches_any(self.predictions, scope)
-        refusal = self.keys.refusal(scope, changes=changes)
+        refusal = self.keys.refusal(scope, changes=scope["method"] not in READ_METHODS)
         if refusal is not None:
             await refuse(scope, send, refusal)
             return
@@ -251,12 +250,11 @@ class BodyLimits:
         too_large = too_large or self.too_large
         if length is not None and length > limit:
             raise HTTPException(413, too_large)
-        charged = 0
-        if counted and length is not None and length <= SMALL_BODY:
+        if counted and length is not None and length <= SMALL_BODY:  # charged at once, from its length
             if not self.budget.take(length):
                 raise self.busy()
-            charged = length
-        return Intake(self, receive, limit, too_large, counted and not charged, charged)
+            return Intake(self, receive, limit, too_large, False, length)
+        return Intake(self, receive, limit, too_large, counted, 0)  # charged as it arrives, if counted
 
     def busy(self) -> HTTPException:
         return HTTPException(

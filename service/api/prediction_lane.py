@@ -23,7 +23,7 @@ import logging
 import re
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry import trace
@@ -33,9 +33,9 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.api.body_buffers import Body, BodyBuffers
+from service.api.body_buffers import BodyBuffers
 from service.api.errors import error_response, http_error_response, serving_error_response
-from service.api.exchange import Answer, Exchange, Handler
+from service.api.exchange import Answer, Handler, receive_exchange
 from service.api.middleware import ApiKeys, BodyLimits, framing, send_response
 from service.api.observability import HttpMetrics
 from service.serving.engine import Engine
@@ -44,21 +44,19 @@ from service.serving.errors import ServingError
 log = logging.getLogger(__name__)
 
 METHOD = "POST"
-NO_BODY = Body(b"")
 
 
-@dataclass(frozen=True)
+@dataclass
 class LaneRoute:
-    """A prediction path: its template (``/v1/models/{name:servable}:predict``), as documented and as counted, and
-    the handler that answers it."""
+    """A prediction path (``/v1/models/{name:servable}:predict``) and the handler that answers it; ``template`` is
+    the path as /docs and /metrics write it, convertors left out."""
 
     path: str
     handler: Handler
+    template: str = field(init=False)
 
-    @property
-    def template(self) -> str:
-        """The path as /docs and /metrics write it: convertors left out."""
-        return compile_path(self.path)[1]
+    def __post_init__(self) -> None:
+        self.template = compile_path(self.path)[1]
 
 
 class _Matcher:
@@ -107,7 +105,6 @@ class PredictionLane:
         self.app = app
         self.routes = list(routes)
         self._matcher = _Matcher(self.routes)
-        self._templates = {route.path: route.template for route in self.routes}
         self.engine = engine
         self.bodies = bodies
         self.limits = limits
@@ -128,13 +125,12 @@ class PredictionLane:
             await self.app(scope, receive, send)
             return
         route, params = found
-        template = self._templates[route.path]
         if self.tracing:
-            _name_span(METHOD, template)
+            _name_span(METHOD, route.template)
         started = time.perf_counter()
         status = await self._serve(route, params, scope, receive, send)
         if status:
-            self.metrics.observe(METHOD, template, status, time.perf_counter() - started)
+            self.metrics.observe(METHOD, route.template, status, time.perf_counter() - started)
 
     async def _serve(
         self, route: LaneRoute, params: dict[str, str], scope: Scope, receive: Receive, send: Send
@@ -148,10 +144,8 @@ class PredictionLane:
                 refusal = self.keys.refusal(scope, changes=False)
                 if refusal is not None:
                     raise refusal
-            length, chunked = framing(scope)
-            intake = self.limits.intake(length, receive)
-            body = await self.bodies.read(length, intake) if length or chunked else NO_BODY
-            exchange = Exchange(self.engine, params, scope["headers"], scope["query_string"], body, self.bodies)
+            intake = self.limits.intake(framing(scope)[0], receive)
+            exchange = await receive_exchange(scope, intake, params, self.engine, self.bodies)
             answer = await route.handler(exchange)
         except ClientDisconnect:
             return None

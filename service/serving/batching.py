@@ -143,8 +143,7 @@ class Batcher:
 
     def _run_alone(self, x: FloatArray, loop: asyncio.AbstractEventLoop) -> FloatArray:
         output = self._call(x)
-        self._stats.requests.observe(1)
-        self._stats.instances.observe(len(x))
+        self._record(1, len(x))
         self._answered_at = loop.time()
         return output
 
@@ -165,7 +164,7 @@ class Batcher:
                         if not pending.future.done():
                             pending.future.set_exception(exc)
                     continue
-                self._record(batch)
+                self._record(len(batch), sum(len(p.x) for p in batch))
                 for pending, output in zip(batch, outputs, strict=True):
                     if not pending.future.done():  # its client may have gone
                         pending.future.set_result(output)
@@ -223,6 +222,6 @@ class Batcher:
             start += len(x)
         return rows
 
-    def _record(self, batch: list[_Pending]) -> None:
-        self._stats.requests.observe(len(batch))
-        self._stats.instances.observe(sum(len(p.x) for p in batch))
+    def _record(self, requests: int, instances: int) -> None:
+        self._stats.requests.observe(requests)
+        self._stats.instances.observe(instances)
