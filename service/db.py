@@ -111,6 +111,8 @@ class JobRow(Base):
     evaluation: Mapped[dict[str, Any] | None]
     # How its training ran in TensorFlow (steps per execution, XLA), as the worker resolved the request's options.
     execution: Mapped[dict[str, Any] | None]
+    # How training ended (``worker.training.Outcome``): stopped and best epochs, the published epoch, the reason.
+    training: Mapped[dict[str, Any] | None]
     # Who runs the job ("host:pid") and until when that claim holds unless renewed.
     worker_id: Mapped[str | None] = mapped_column(String(300))
     lease_expires_at: Mapped[datetime | None] = mapped_column(index=True)

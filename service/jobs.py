@@ -227,6 +227,7 @@ def complete_job(
     attempt: int,
     model: ModelRow,
     evaluation: dict[str, float | None] | None,
+    training: dict[str, Any] | None = None,
 ) -> bool:
     """running → succeeded and the model published, in one transaction. False if the job is no longer this
     worker's to finish (cancelled, or taken over after its lease ran out)."""
@@ -238,6 +239,7 @@ def complete_job(
             finished_at=utcnow(),
             model_id=model.id,
             evaluation=evaluation,
+            training=training,
             lease_expires_at=None,
         )
     )

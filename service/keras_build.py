@@ -90,6 +90,15 @@ def build_model(spec: ModelSpec, names: Sequence[str] | None = None, model_name:
     return model
 
 
+def runnable_model(spec: ModelSpec, display: keras.Sequential) -> keras.Sequential:
+    """``display`` itself when TensorFlow can run it under its names (the model the learner's own script would
+    build, its seeded initial weights and dropout seeds included), else a ``runnable_copy``."""
+    names = [display.name, *(layer.name for layer in display.layers)]
+    if all(_TF_SCOPE_NAME.fullmatch(name) for name in names):
+        return display
+    return runnable_copy(spec, display)
+
+
 def runnable_copy(spec: ModelSpec, display: keras.Sequential) -> keras.Sequential:
     """The same architecture and initial weights as ``display`` (built from ``spec``), under names TensorFlow can
     run.
@@ -216,6 +225,9 @@ def dry_build(
     """Build the model as the worker will and check it against the dataset, without training anything.
     A model over ``max_params``, or one that needs more memory than ``memory`` allows, is refused before its
     weights are allocated."""
+    fit_problems = request.problems() + validation_problems(request, info)
+    if fit_problems:
+        raise SpecError(fit_problems)
     early = estimate(request.model)
     if early is not None and max_params is not None and early.params > max_params:
         raise SpecError([(("model",), too_many_params(early.params, max_params))])
@@ -267,6 +279,19 @@ def dry_build(
     return DryBuild(
         total_params=total, output_shape=output_shape, activation_bytes=per_instance, data_bytes=inputs + labels
     )
+
+
+def validation_problems(request: TrainRequest, info: DatasetInfo) -> list[tuple[Path, str]]:
+    """Validation on the test split needs a dataset with one, or a held-out split (``test_size``)."""
+    if request.fit.validation_data == "test" and not info.test_rows and request.dataset.test_size is None:
+        return [
+            (
+                ("fit", "validation_data"),
+                f"dataset {info.name!r} has no test split to validate on; hold one out with dataset.test_size, or "
+                "validate on rows held out of the training rows: {'size': 0.2}",
+            )
+        ]
+    return []
 
 
 def check_output(compile_spec: CompileSpec, output_shape: tuple[int | None, ...], info: DatasetInfo) -> str | None:

@@ -17,8 +17,10 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     StringConstraints,
+    Tag,
     WithJsonSchema,
     model_validator,
 )
@@ -333,7 +335,117 @@ Layer = Annotated[
 
 # --- optimizers -------------------------------------------------------------------------------------------------
 
-LearningRate = Annotated[float, Field(gt=0.0, le=10.0, description="Step size.")]
+Rate = Annotated[float, Field(gt=0.0, le=10.0)]
+
+
+class ScheduleSpec(Strict):
+    """A learning rate that changes with the training step (keras.optimizers.schedules); the step counts batches,
+    not epochs."""
+
+    def build(self) -> Any:
+        raise NotImplementedError
+
+
+class ExponentialDecaySchedule(ScheduleSpec):
+    """``initial_learning_rate * decay_rate ** (step / decay_steps)``, the exponent rounded down with ``staircase``
+    (keras.optimizers.schedules.ExponentialDecay)."""
+
+    type: Literal["exponential_decay"]
+    initial_learning_rate: Rate
+    decay_steps: int = Field(ge=1, le=1_000_000_000)
+    decay_rate: float = Field(gt=0.0, le=10.0)
+    staircase: bool = False
+
+    def build(self) -> Any:
+        from keras.optimizers import schedules
+
+        return schedules.ExponentialDecay(
+            self.initial_learning_rate, self.decay_steps, self.decay_rate, staircase=self.staircase
+        )
+
+
+class PiecewiseConstantDecaySchedule(ScheduleSpec):
+    """``values[i]`` from step ``boundaries[i-1]`` on (keras.optimizers.schedules.PiecewiseConstantDecay)."""
+
+    type: Literal["piecewise_constant_decay"]
+    boundaries: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, max_length=100)
+    values: list[Rate] = Field(min_length=2, max_length=101, description="One more value than boundaries.")
+
+    @model_validator(mode="after")
+    def _values_around_boundaries(self) -> PiecewiseConstantDecaySchedule:
+        if len(self.values) != len(self.boundaries) + 1:
+            raise PydanticCustomError(
+                "schedule_values",
+                "values needs one more entry than boundaries: {boundaries} boundaries, {values} values",
+                {"boundaries": len(self.boundaries), "values": len(self.values)},
+            )
+        if any(later <= earlier for earlier, later in zip(self.boundaries, self.boundaries[1:], strict=False)):
+            raise PydanticCustomError("schedule_boundaries", "boundaries must increase strictly")
+        return self
+
+    def build(self) -> Any:
+        from keras.optimizers import schedules
+
+        return schedules.PiecewiseConstantDecay(list(self.boundaries), list(self.values))
+
+
+class CosineDecaySchedule(ScheduleSpec):
+    """A cosine from ``initial_learning_rate`` down to ``alpha`` times it over ``decay_steps``, after an optional
+    linear warm-up to ``warmup_target`` (keras.optimizers.schedules.CosineDecay)."""
+
+    type: Literal["cosine_decay"]
+    initial_learning_rate: float = Field(ge=0.0, le=10.0)
+    decay_steps: int = Field(ge=1, le=1_000_000_000)
+    alpha: float = Field(default=0.0, ge=0.0, le=1.0)
+    warmup_target: Rate | None = None
+    warmup_steps: int = Field(default=0, ge=0, le=1_000_000_000)
+
+    @model_validator(mode="after")
+    def _warmup_has_a_target(self) -> CosineDecaySchedule:
+        if self.warmup_steps and self.warmup_target is None:
+            raise PydanticCustomError("schedule_warmup", "warmup_steps needs a warmup_target to warm up to")
+        if self.initial_learning_rate == 0.0 and not self.warmup_steps:
+            raise PydanticCustomError(
+                "schedule_zero", "initial_learning_rate 0 trains nothing unless the schedule warms up"
+            )
+        return self
+
+    def build(self) -> Any:
+        from keras.optimizers import schedules
+
+        return schedules.CosineDecay(
+            self.initial_learning_rate,
+            self.decay_steps,
+            alpha=self.alpha,
+            warmup_target=self.warmup_target,
+            warmup_steps=self.warmup_steps,
+        )
+
+
+SCHEDULE_TYPES: tuple[type[ScheduleSpec], ...] = (
+    ExponentialDecaySchedule,
+    PiecewiseConstantDecaySchedule,
+    CosineDecaySchedule,
+)
+Schedule = Annotated[
+    ExponentialDecaySchedule | PiecewiseConstantDecaySchedule | CosineDecaySchedule, Field(discriminator="type")
+]
+
+
+# Tags of the unions that tell their members apart by the value's shape rather than by a "type" (a learning rate
+# is a number or a schedule object): never a field of the request, so error paths leave them out.
+SHAPE_TAGS = frozenset({"rate", "schedule"})
+
+
+def _rate_or_schedule(value: Any) -> str:
+    return "schedule" if isinstance(value, dict | ScheduleSpec) else "rate"
+
+
+LearningRate = Annotated[
+    Annotated[Rate, Tag("rate")] | Annotated[Schedule, Tag("schedule")],
+    Discriminator(_rate_or_schedule),
+    Field(description="Step size: a number, or a schedule such as {'type': 'exponential_decay', ...}."),
+]
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
 Epsilon = Annotated[float, Field(gt=0.0, le=1.0)]
 
@@ -343,7 +455,16 @@ class OptimizerSpec(Strict):
         raise NotImplementedError
 
     def _options(self) -> dict[str, Any]:
-        return self.model_dump(exclude={"type"})
+        options = {name: getattr(self, name) for name in type(self).model_fields if name != "type"}
+        rate = options.get("learning_rate")
+        if isinstance(rate, ScheduleSpec):
+            options["learning_rate"] = rate.build()
+        return options
+
+    @property
+    def schedule(self) -> ScheduleSpec | None:
+        rate = getattr(self, "learning_rate", None)
+        return rate if isinstance(rate, ScheduleSpec) else None
 
 
 class SGDOptimizer(OptimizerSpec):
@@ -514,6 +635,98 @@ Optimizer = Annotated[
     BeforeValidator(_optimizer_from_name),
 ]
 
+# --- callbacks --------------------------------------------------------------------------------------------------
+
+Monitor = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=100),
+    AfterValidator(_plain_text),
+    Field(
+        description="What is watched: 'loss', a metric name, or either with 'val_' before it.", examples=["val_loss"]
+    ),
+]
+Mode = Annotated[
+    Literal["auto", "min", "max"],
+    Field(description="Whether the monitored value should fall or rise; 'auto' as Keras decides from its name."),
+]
+Epochs = Annotated[int, Field(ge=0, le=100_000)]
+
+
+class CallbackSpec(Strict):
+    monitor: Monitor = "val_loss"
+    mode: Mode = "auto"
+
+
+class EarlyStoppingCallback(CallbackSpec):
+    """Stops training when the monitored value has stopped improving (keras.callbacks.EarlyStopping). The job
+    records the epoch it stopped at and its best epoch."""
+
+    type: Literal["early_stopping"]
+    min_delta: float = Field(default=0.0, ge=0.0, description="A smaller change is not an improvement.")
+    patience: Epochs = Field(default=0, description="Epochs without improvement before stopping.")
+    baseline: float | None = Field(default=None, description="Stop if the value does not beat this.")
+    restore_best_weights: bool = Field(default=False, description="When it stops, go back to the best epoch's weights.")
+    start_from_epoch: Epochs = Field(default=0, description="Epochs of warm-up before improvement is looked for.")
+
+    def build(self) -> Any:
+        from keras import callbacks
+
+        return callbacks.EarlyStopping(**self.model_dump(exclude={"type"}))
+
+
+class CheckpointCallback(CallbackSpec):
+    """Keeps the weights of the best epoch by the monitored value, as ModelCheckpoint(save_best_only=True) does:
+    the published model is that epoch's, and the job says which epoch it is."""
+
+    type: Literal["checkpoint"]
+    initial_value_threshold: float | None = Field(
+        default=None, description="Only an epoch that beats this value is kept."
+    )
+
+    def build(self, filepath: str) -> Any:
+        from keras import callbacks
+
+        return callbacks.ModelCheckpoint(
+            filepath,
+            monitor=self.monitor,
+            mode=self.mode,
+            save_best_only=True,
+            save_weights_only=True,
+            initial_value_threshold=self.initial_value_threshold,
+        )
+
+
+class ReduceLROnPlateauCallback(CallbackSpec):
+    """Multiplies the learning rate by ``factor`` when the monitored value has stopped improving
+    (keras.callbacks.ReduceLROnPlateau)."""
+
+    type: Literal["reduce_lr_on_plateau"]
+    factor: float = Field(default=0.1, gt=0.0, lt=1.0)
+    patience: Epochs = 10
+    min_delta: float = Field(default=0.0001, ge=0.0)
+    cooldown: Epochs = Field(default=0, description="Epochs to wait after a reduction before watching again.")
+    min_lr: float = Field(default=0.0, ge=0.0, le=10.0)
+
+    def build(self) -> Any:
+        from keras import callbacks
+
+        return callbacks.ReduceLROnPlateau(**self.model_dump(exclude={"type"}))
+
+
+CALLBACK_TYPES: tuple[type[CallbackSpec], ...] = (EarlyStoppingCallback, CheckpointCallback, ReduceLROnPlateauCallback)
+Callback = Annotated[
+    EarlyStoppingCallback | CheckpointCallback | ReduceLROnPlateauCallback, Field(discriminator="type")
+]
+
+
+class HeldOutValidation(Strict):
+    """Validation rows held out of the training rows, as ``train_test_split`` makes them."""
+
+    size: float = Field(gt=0.0, lt=1.0, description="The fraction of the training rows to validate on.")
+    random_state: int | None = Field(default=None, description="Seed of the split.")
+    stratify: bool = Field(default=False, description="Keep each class's share in both parts.")
+
+
 # --- the request ------------------------------------------------------------------------------------------------
 
 
@@ -591,6 +804,11 @@ class DatasetSpec(Strict):
         description="Hold out this fraction; its metrics are recorded on the job.",
     )
     random_state: int | None = Field(default=None, description="Seed of the held-out split.")
+    stratify: bool = Field(
+        default=False,
+        description="Keep each class's share in the held-out split, as train_test_split(stratify=y); off by default, "
+        "as in scikit-learn.",
+    )
 
     @model_validator(mode="after")
     def _name_or_id(self) -> DatasetSpec:
@@ -607,7 +825,19 @@ class DatasetSpec(Strict):
 class FitSpec(Strict):
     epochs: int = Field(default=5, ge=1, le=100_000, description="Also capped by TRAINSERVE_MAX_EPOCHS.")
     batch_size: int = Field(default=32, ge=1, le=65_536)
-    validation_split: float = Field(default=0.0, ge=0.0, lt=1.0, description="Fraction used for val_* metrics.")
+    validation_split: float = Field(
+        default=0.0, ge=0.0, lt=1.0, description="The last fraction of the training rows, for val_* metrics (Keras')."
+    )
+    validation_data: Literal["test"] | HeldOutValidation | None = Field(
+        default=None,
+        description="What fit(validation_data=...) is given: 'test' for the dataset's test split (its own, or the "
+        "one test_size holds out), or {'size': 0.2, 'random_state': 42} for rows held out of the training rows.",
+    )
+    callbacks: list[Callback] = Field(
+        default_factory=list,
+        max_length=10,
+        description="early_stopping, checkpoint (publish the best epoch), reduce_lr_on_plateau.",
+    )
     seed: int | None = Field(default=None, description="Seeds Python, NumPy and Keras for a repeatable run.")
     shuffle: bool = True
     steps_per_execution: Annotated[int, Field(ge=1, le=MAX_STEPS_PER_EXECUTION)] | Literal["auto"] = Field(
@@ -630,3 +860,50 @@ class TrainRequest(Strict):
     compile: CompileSpec
     dataset: DatasetSpec
     fit: FitSpec = Field(default_factory=FitSpec)
+
+    @property
+    def has_validation(self) -> bool:
+        return self.fit.validation_split > 0 or self.fit.validation_data is not None
+
+    def logged(self) -> tuple[str, ...]:
+        """What Keras logs every epoch for this request: the loss and metrics, and their val_* when validating."""
+        names = ("loss", *self.compile.metrics)
+        return names + tuple(f"val_{name}" for name in names) if self.has_validation else names
+
+    def problems(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """What is wrong with the fit options as a whole, each with its path: what one field cannot say."""
+        found: list[tuple[tuple[str | int, ...], str]] = []
+        fit = self.fit
+        if fit.validation_split > 0 and fit.validation_data is not None:
+            found.append(
+                (
+                    ("fit", "validation_split"),
+                    "give validation_split or validation_data, not both (Keras would ignore validation_split)",
+                )
+            )
+        logged = self.logged()
+        checkpoints = 0
+        for index, callback in enumerate(fit.callbacks):
+            path: tuple[str | int, ...] = ("fit", "callbacks", index)
+            if callback.monitor not in logged:
+                hint = "" if self.has_validation else "; val_* needs validation_split or validation_data"
+                found.append(
+                    (
+                        (*path, "monitor"),
+                        f"{callback.type} monitors {callback.monitor!r}, which this fit does not log; it logs: "
+                        f"{', '.join(logged)}{hint}",
+                    )
+                )
+            if isinstance(callback, CheckpointCallback):
+                checkpoints += 1
+                if checkpoints > 1:
+                    found.append((path, "one checkpoint decides which epoch is published; this is a second one"))
+            if isinstance(callback, ReduceLROnPlateauCallback) and self.compile.optimizer.schedule is not None:
+                found.append(
+                    (
+                        path,
+                        "reduce_lr_on_plateau sets the optimizer's learning rate, but compile.optimizer.learning_rate "
+                        "is a schedule, which decides it at every step; Keras refuses the two together",
+                    )
+                )
+        return found

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import socket
+import tempfile
 import threading
 import time
 import types
@@ -31,14 +32,14 @@ from service.keras_build import (
     build_model,
     compile_model,
     labels_for_loss,
-    runnable_copy,
+    runnable_model,
     summarize,
     training_data_bytes,
 )
 from service.logs import job_context
 from service.serving import litert
 from service.settings import Settings
-from service.spec import TrainRequest
+from service.spec import CheckpointCallback, EarlyStoppingCallback, TrainRequest
 from service.store import litert_path, model_path, publish, temporary_path, write
 
 log = logging.getLogger(__name__)
@@ -50,29 +51,63 @@ class Splits:
     y_train: np.ndarray[Any, Any]
     x_test: np.ndarray[Any, Any] | None
     y_test: np.ndarray[Any, Any] | None
+    # What fit(validation_data=...) is given, when the request asks for it.
+    x_val: np.ndarray[Any, Any] | None = None
+    y_val: np.ndarray[Any, Any] | None = None
+
+
+def _split(
+    x: np.ndarray[Any, Any], y: np.ndarray[Any, Any], size: float, random_state: int | None, stratify: bool
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """(x_kept, x_held, y_kept, y_held), as ``train_test_split`` makes them."""
+    x_kept, x_held, y_kept, y_held = train_test_split(
+        x, y, test_size=size, random_state=random_state, stratify=y if stratify else None
+    )
+    return x_kept, x_held, y_kept, y_held
+
+
+def _as_float32(x: np.ndarray[Any, Any], rescale: float | None) -> np.ndarray[Any, Any]:
+    # One float32 array, straight from the dataset's own numbers (uint8 pixels make no float copy first).
+    if rescale is not None:
+        scaled: np.ndarray[Any, Any] = x * np.float32(rescale)
+        return scaled
+    return x.astype(np.float32, copy=False)
 
 
 def prepare(request: TrainRequest, data: LoadedDataset, num_classes: int) -> Splits:
-    """Apply the request's preprocessing and held-out split; encode labels as its loss expects."""
+    """Apply the request's held-out splits and preprocessing, in the order its script does; encode labels as its
+    loss expects."""
     spec = request.dataset
     x, y, x_test, y_test = data.x_train, data.y_train, data.x_test, data.y_test
     if spec.test_size is not None:
-        x, x_test, y, y_test = train_test_split(
-            x, y, test_size=spec.test_size, random_state=spec.random_state, stratify=y
-        )
-    # One float32 array each, straight from the dataset's own numbers (uint8 pixels make no float copy first).
-    if spec.rescale is not None:
-        x = x * np.float32(spec.rescale)
-        x_test = None if x_test is None else x_test * np.float32(spec.rescale)
-    else:
-        x = x.astype(np.float32, copy=False)
-        x_test = None if x_test is None else x_test.astype(np.float32, copy=False)
+        x, x_test, y, y_test = _split(x, y, spec.test_size, spec.random_state, spec.stratify)
+    x_val = y_val = None
+    validation = request.fit.validation_data
+    if validation == "test":
+        x_val, y_val = x_test, y_test
+    elif validation is not None:
+        x, x_val, y, y_val = _split(x, y, validation.size, validation.random_state, validation.stratify)
     encode = request.compile
+
+    def labels(values: np.ndarray[Any, Any] | None) -> np.ndarray[Any, Any] | None:
+        return None if values is None else labels_for_loss(values, encode, num_classes)
+
+    x = _as_float32(x, spec.rescale)
+    x_test = None if x_test is None else _as_float32(x_test, spec.rescale)
+    if validation == "test":
+        x_val = x_test
+    elif x_val is not None:
+        x_val = _as_float32(x_val, spec.rescale)
+    y_train = labels(y)
+    assert y_train is not None
+    y_test_encoded = labels(y_test)
     return Splits(
         x,
-        labels_for_loss(y, encode, num_classes),
+        y_train,
         x_test,
-        None if y_test is None else labels_for_loss(y_test, encode, num_classes),
+        y_test_encoded,
+        x_val,
+        y_test_encoded if validation == "test" else labels(y_val),
     )
 
 
@@ -127,6 +162,93 @@ class EpochReporter(keras.callbacks.Callback):  # type: ignore[misc]
             )
         if not recorded:
             run.request_stop("lost")
+
+
+class LearningRateLog(keras.callbacks.Callback):  # type: ignore[misc]
+    """Adds the learning rate the epoch ended with to its logs (``learning_rate``, as Keras' ReduceLROnPlateau
+    logs it), so every epoch of the job's history has it, a schedule's or a plateau's."""
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
+class CheckpointWatch(keras.callbacks.Callback):  # type: ignore[misc]
+    """Notes the epoch whose weights the checkpoint just kept: its ``best`` moved."""
+
+    def __init__(self, checkpoint: Any) -> None:
+        super().__init__()
+        self.checkpoint = checkpoint
+        self.best_epoch: int | None = None
+        self.best: float | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        best = float(self.checkpoint.best)
+        if math.isfinite(best) and best != self.best:
+            self.best, self.best_epoch = best, epoch + 1
+
+
+@dataclass
+class Callbacks:
+    """The request's callbacks as Keras objects, between the job's own: what fit() is given, and what is read from
+    them once it returns."""
+
+    keras: list[Any]
+    early_stopping: list[tuple[EarlyStoppingCallback, Any]]
+    checkpoint: tuple[CheckpointCallback, CheckpointWatch, Path] | None
+
+    @classmethod
+    def build(cls, request: TrainRequest, run: JobRun, scratch: Path) -> Callbacks:
+        built: list[Any] = [JobGuard(run), LearningRateLog()]
+        early: list[tuple[EarlyStoppingCallback, Any]] = []
+        checkpoint: tuple[CheckpointCallback, CheckpointWatch, Path] | None = None
+        for spec in request.fit.callbacks:
+            if isinstance(spec, CheckpointCallback):
+                path = scratch / "best.weights.h5"
+                keras_checkpoint = spec.build(str(path))
+                watch = CheckpointWatch(keras_checkpoint)
+                built += [keras_checkpoint, watch]
+                checkpoint = (spec, watch, path)
+                continue
+            keras_callback = spec.build()
+            built.append(keras_callback)
+            if isinstance(spec, EarlyStoppingCallback):
+                early.append((spec, keras_callback))
+        built.append(EpochReporter(run))
+        return cls(built, early, checkpoint)
+
+    def outcome(self, model: Any, epochs_run: int, epochs: int) -> dict[str, Any]:
+        """How training ended, after fit() returned; loads the checkpoint's weights into ``model`` when it kept
+        an epoch, so the published model is that epoch's."""
+        outcome: dict[str, Any] = {"epochs_run": epochs_run, "stopped_epoch": None, "stop_reason": None}
+        published = epochs_run
+        for spec, callback in self.early_stopping:
+            if callback.stopped_epoch > 0 and outcome["stopped_epoch"] is None:
+                best = float(callback.best)
+                outcome["stopped_epoch"] = int(callback.stopped_epoch) + 1
+                outcome["stop_reason"] = (
+                    f"early_stopping: {spec.monitor} did not improve"
+                    + (f" by more than {spec.min_delta:g}" if spec.min_delta else "")
+                    + f" for {spec.patience} epoch{'s' if spec.patience != 1 else ''} after epoch "
+                    f"{int(callback.best_epoch) + 1} ({spec.monitor} {best:.6g})"
+                )
+            if spec.restore_best_weights and callback.best_weights is not None:
+                published = int(callback.best_epoch) + 1
+            outcome.setdefault("best_epoch", int(callback.best_epoch) + 1 if epochs_run else None)
+            outcome.setdefault("monitor", spec.monitor)
+        if self.checkpoint is not None:
+            kept, watch, path = self.checkpoint
+            outcome["monitor"] = kept.monitor
+            outcome["best_epoch"] = watch.best_epoch
+            if watch.best_epoch is not None and path.is_file():
+                model.load_weights(str(path))
+                published = watch.best_epoch
+        outcome.setdefault("best_epoch", None)
+        outcome.setdefault("monitor", None)
+        if outcome["stopped_epoch"] is None and epochs_run < epochs:
+            outcome["stop_reason"] = "stopped"
+        outcome["published_epoch"] = published
+        return outcome
 
 
 def train_step(model: Any, data: Any) -> Any:
@@ -358,7 +480,12 @@ def _train(run: JobRun, request: TrainRequest) -> str:
     # heap takes a fifth of a second, is run_job's, after every job, where no one is waiting for it.
     keras.backend.clear_session(free_memory=False)
     if request.fit.seed is not None:
+        # As the book's notebooks start: the same seed gives the same numbers, run after run. Determinism stays on
+        # for the rest of the process (TensorFlow has no public way back), which costs CPU kernels next to nothing.
+        import tensorflow as tf
+
         keras.utils.set_random_seed(request.fit.seed)
+        tf.config.experimental.enable_op_determinism()
     info, data = load_training_data(request.dataset, settings)
     check_training_data(request, data, info.num_classes, settings.max_training_data_bytes)
     splits = prepare(request, data, info.num_classes)
@@ -366,7 +493,7 @@ def _train(run: JobRun, request: TrainRequest) -> str:
 
     display = build_model(request.model)
     summary = summarize(display)  # the user's names, before compile, as model.summary() reads in a notebook
-    model = runnable_copy(request.model, display)
+    model = runnable_model(request.model, display)
     execution = compile_model(model, request.compile, request.fit, rows=len(splits.x_train))
     model.train_step = types.MethodType(train_step, model)
     with session_scope(settings.database_url) as session:
@@ -379,22 +506,30 @@ def _train(run: JobRun, request: TrainRequest) -> str:
         ):
             raise JobStoppedError("lost")
     log.info("job %s: %d steps per execution, XLA %s", job_id, execution.steps_per_execution, execution.jit_compile)
-    history = model.fit(
-        splits.x_train,
-        splits.y_train,
-        epochs=request.fit.epochs,
-        batch_size=request.fit.batch_size,
-        validation_split=request.fit.validation_split,
-        shuffle=request.fit.shuffle,
-        callbacks=[JobGuard(run), EpochReporter(run)],
-        verbose=0,
-    )
-    run.check()
+    with tempfile.TemporaryDirectory(prefix="trainserve-job-") as scratch:
+        callbacks = Callbacks.build(request, run, Path(scratch))
+        validation = None if splits.x_val is None else (splits.x_val, splits.y_val)
+        history = model.fit(
+            splits.x_train,
+            splits.y_train,
+            epochs=request.fit.epochs,
+            batch_size=request.fit.batch_size,
+            validation_split=request.fit.validation_split,
+            validation_data=validation,
+            shuffle=request.fit.shuffle,
+            callbacks=callbacks.keras,
+            verbose=0,
+        )
+        run.check()
+        epochs_run = len(history.epoch)
+        outcome = callbacks.outcome(model, epochs_run, request.fit.epochs)
     evaluation = None
     if splits.x_test is not None and splits.y_test is not None:
         scores = model.evaluate(splits.x_test, splits.y_test, batch_size=256, verbose=0, return_dict=True)
         evaluation = _finite(scores)
-    metrics = _finite({key: values[-1] for key, values in history.history.items()})
+    # The published epoch's loss and metrics: the last epoch's, or the best one's when that is what is published.
+    published = outcome["published_epoch"]
+    metrics = _finite({key: values[published - 1] for key, values in history.history.items()}) if published else {}
 
     model_id = new_id()
     store = settings.model_store
@@ -430,6 +565,7 @@ def _train(run: JobRun, request: TrainRequest) -> str:
                 attempt=run.attempt,
                 model=row,
                 evaluation=evaluation,
+                training=outcome,
             )
     except BaseException:
         final.unlink(missing_ok=True)

@@ -31,6 +31,7 @@ from service.serving.errors import (
     StoreIntegrityError,
     TooManyInstancesError,
 )
+from service.spec import SHAPE_TAGS
 from service.submit import IdempotencyConflictError, InvalidRequestError, QueueUnavailableError, SubmitError
 
 log = logging.getLogger(__name__)
@@ -240,7 +241,9 @@ def _pydantic_item(err: dict[str, Any], body: Any) -> ErrorItem:
     message = str(err.get("msg", "invalid value"))
     if kind == "union_tag_invalid":
         expected = _TAG_LIST.findall(str(ctx.get("expected_tags", "")))
-        what = "optimizer" if loc and loc[-1] == "optimizer" else "layer type"
+        what = {"optimizer": "optimizer", "learning_rate": "schedule", "layer": "wrapped layer type"}.get(
+            str(loc[-1]) if loc else "", "callback" if "callbacks" in loc else "layer type"
+        )
         tag = str(ctx.get("tag"))
         close = difflib.get_close_matches(tag, expected, n=1, cutoff=0.6)
         hint = f"did you mean {close[0]!r}?" if close else f"expected one of: {', '.join(expected)}"
@@ -276,6 +279,8 @@ def _user_loc(raw: list[Any], body: Any) -> list[str | int]:
                 node = node[part]
             elif node.get("type") == part:
                 continue  # the discriminated-union tag: already at the right object
+            elif part in SHAPE_TAGS:
+                continue  # the tag of a union told apart by the value's shape: already at the right object
             else:
                 loc.append(part)  # a missing field
                 node = None

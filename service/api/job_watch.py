@@ -45,6 +45,7 @@ def _job_state(row: JobRow) -> dict[str, Any]:
         "model_id": row.model_id,
         "error": {"type": row.error_type, "message": row.error_message} if row.error_type else None,
         "cancel_requested": row.cancel_requested,
+        "training": row.training,
     }
 
 

@@ -46,6 +46,24 @@ class Execution(BaseModel):
     jit_compile: bool = Field(description="Whether the training step is compiled with XLA.")
 
 
+class TrainingOutcome(BaseModel):
+    epochs_run: int = Field(description="Epochs trained: fewer than asked when a callback stopped the training.")
+    stopped_epoch: int | None = Field(description="The epoch early stopping stopped at (1-based), or null.")
+    stop_reason: str | None = Field(
+        description="Why training stopped before its last epoch, e.g. 'early_stopping: val_loss did not improve "
+        "for 2 epochs after epoch 5 (val_loss 0.3412)'."
+    )
+    best_epoch: int | None = Field(
+        description="The best epoch by the monitored value (the checkpoint's, else early "
+        "stopping's), or null without either."
+    )
+    monitor: str | None = Field(description="What the best epoch is best by.")
+    published_epoch: int = Field(
+        description="Whose weights the published model has: the checkpoint's best epoch, "
+        "early stopping's restored one, else the last."
+    )
+
+
 class JobRead(BaseModel):
     job_id: str
     name: str | None
@@ -62,6 +80,9 @@ class JobRead(BaseModel):
     execution: Execution | None = Field(
         description="How the training runs in TensorFlow, the request's 'auto' options resolved; null until a "
         "worker has built the model."
+    )
+    training: TrainingOutcome | None = Field(
+        description="How training ended, once the job has succeeded: stopped and best epochs, the published one."
     )
     model_id: str | None
     error: JobError | None
@@ -84,6 +105,7 @@ class JobRead(BaseModel):
             history=history,
             evaluation=job.evaluation,
             execution=Execution(**job.execution) if job.execution else None,
+            training=TrainingOutcome(**job.training) if job.training else None,
             model_id=job.model_id,
             error=error,
             cancel_requested=job.cancel_requested,

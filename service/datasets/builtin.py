@@ -37,6 +37,8 @@ class DatasetInfo:
     rows: int
     # keras.datasets files under Keras' cache directory; empty for datasets shipped inside a package.
     cache_files: tuple[str, ...] = field(default=())
+    # Samples of the dataset's own test split, if it has one.
+    test_rows: int = 0
 
 
 BUILTIN_DATASETS: dict[str, DatasetInfo] = {
@@ -79,6 +81,7 @@ BUILTIN_DATASETS: dict[str, DatasetInfo] = {
             "70,000 handwritten digits as 28×28 images, 0–255.",
             70_000,
             ("datasets/mnist.npz",),
+            10_000,
         ),
         DatasetInfo(
             "fashion_mnist",
@@ -97,6 +100,7 @@ BUILTIN_DATASETS: dict[str, DatasetInfo] = {
                     "t10k-images-idx3-ubyte.gz",
                 )
             ),
+            10_000,
         ),
         DatasetInfo(
             "cifar10",
@@ -107,6 +111,7 @@ BUILTIN_DATASETS: dict[str, DatasetInfo] = {
             "60,000 colour images as 32×32×3, 0–255.",
             60_000,
             ("datasets/cifar-10-batches-py",),
+            10_000,
         ),
     )
 }

@@ -207,6 +207,7 @@ def info_of(row: DatasetRow) -> DatasetInfo:
         class_names=tuple(row.class_names) if row.class_names else None,
         description=f"uploaded from {row.filename!r}",
         rows=sum(int(count) for count in row.splits.values()),
+        test_rows=int(row.splits.get("test", 0)),
     )
 
 
