@@ -162,6 +162,8 @@ class ModelRow(Base):
     # Its LiteRT flatbuffer beside the .keras file: {"sha256", "size_bytes"}, or {"error"} if it did not convert;
     # None for a model published before flatbuffers were made.
     litert: Mapped[dict[str, Any] | None]
+    # A model trained on a text dataset: that dataset's ``TextEncoding``, so /predict takes raw text.
+    text: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
@@ -190,6 +192,8 @@ class DatasetRow(Base):
     file_sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # A text dataset's ``TextEncoding``: its vocabulary, length and padding.
+    text: Mapped[dict[str, Any] | None]
 
 
 # Upper bounds (seconds) of the epoch-duration histogram that /metrics shows; the last bucket holds the rest.

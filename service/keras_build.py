@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import keras
 import numpy as np
 
 from service.datasets.builtin import DatasetInfo
-from service.spec import CompileSpec, DenseLayer, FitSpec, ModelSpec, TrainRequest
+from service.spec import CompileSpec, DenseLayer, FitSpec, LayerSpec, ModelSpec, TrainRequest
 
 Path = tuple[str | int, ...]
 
@@ -68,26 +69,31 @@ def build_model(spec: ModelSpec, names: Sequence[str] | None = None, model_name:
     model.add(keras.Input(shape=tuple(spec.input_shape)))
     shape: list[int | None] = [None, *spec.input_shape]
     for index, layer_spec in enumerate(spec.layers):
-        path: Path = ("model", "layers", index)
+        path: Path = ("model", *spec.layer_loc(index))
         if names is not None:
             layer_spec = layer_spec.model_copy(update={"name": names[index]})
         try:
             layer = layer_spec.build()
         except (ValueError, TypeError) as exc:
             raise SpecError([(path, f"Keras cannot create this {layer_spec.type} layer: {exc}")]) from exc
+        cannot = f"{layer_spec.type} layer cannot take its input of shape {shape}"
+        rank = _rank_problem(layer_spec, shape)
+        if rank is not None:
+            raise SpecError([(path, f"{cannot}: {rank}")])
         try:
             model.add(layer)
         except (ValueError, TypeError) as exc:
-            raise SpecError(
-                [
-                    (
-                        path,
-                        f"{layer_spec.type} layer cannot take its input of shape {shape}: {_first_line(exc)}",
-                    )
-                ]
-            ) from exc
+            raise SpecError([(path, f"{cannot}: {_first_line(exc)}")]) from exc
         shape = _shape(model.outputs[0].shape)
     return model
+
+
+def _rank_problem(layer_spec: LayerSpec, shape: Sequence[int | None]) -> str | None:
+    """Why the layer does not take inputs of this many dimensions, for a layer that takes one rank only."""
+    layout = layer_spec.layout
+    if layout is None or len(shape) == len(layout):
+        return None
+    return f"it takes {len(layout)}-D inputs ({', '.join(layout)}); this one is {len(shape)}-D"
 
 
 def runnable_model(spec: ModelSpec, display: keras.Sequential) -> keras.Sequential:
@@ -106,13 +112,20 @@ def runnable_copy(spec: ModelSpec, display: keras.Sequential) -> keras.Sequentia
     Keras on TensorFlow cannot fit or call a model whose model or layer names hold spaces or non-ASCII
     characters (``'패션 MNIST 모델' is not a valid root scope name``), though it builds and summarises it.
     """
+    # Building draws each layer's initializer and dropout seeds from Python's generator, which keras.utils.
+    # set_random_seed seeded: the copy puts back what it drew, so that the rest of the job draws what the learner's
+    # script (one model) would.
+    drawn = random.getstate()
     copy = build_model(
         spec,
         names=[runnable_name(layer.name) for layer in display.layers],
         model_name=runnable_name(display.name),
     )
-    # The first model built after the seed is set starts from the weights the same script would have drawn.
-    copy.set_weights(display.get_weights())
+    random.setstate(drawn)
+    # The first model built after the seed is set starts from the weights the same script would have drawn, and its
+    # dropout from the same seeds: a layer's variables are its weights and its seed generators' state.
+    for target, source in zip(copy.variables, display.variables, strict=True):
+        target.assign(source)
     return copy
 
 
@@ -120,27 +133,40 @@ def runnable_copy(spec: ModelSpec, display: keras.Sequential) -> keras.Sequentia
 class ShapeEstimate:
     params: int
     activation_bytes: int
+    # False when a layer's output shape cannot be worked out: the numbers are then those of the layers before it
+    # (and that layer's own parameters), a lower bound, and what building the model allocates before it fails.
+    complete: bool = True
 
 
 def estimate(spec: ModelSpec) -> ShapeEstimate | None:
-    """The model's parameter count and per-instance activation memory from shapes alone, allocating nothing;
-    None when a shape cannot be worked out (building the model then says why)."""
+    """The model's parameter count and per-instance activation memory from shapes alone, allocating nothing; up
+    to the first layer whose output shape cannot be worked out, if one cannot (building the model then says
+    why)."""
     shape: tuple[int | None, ...] = (None, *spec.input_shape)
     params = 0
     outputs: list[tuple[int | None, ...]] = []
+    complete = False
     for layer_spec in spec.layers:
+        if _rank_problem(layer_spec, shape) is not None:
+            break
+        try:
+            layer = layer_spec.build()
+        except Exception:
+            break
         params += layer_spec.params(shape)
         try:
-            shape = tuple(layer_spec.build().compute_output_shape(shape))
+            shape = tuple(layer.compute_output_shape(shape))
         except Exception:
-            return None
+            break
         outputs.append(shape)
-    return ShapeEstimate(params, activation_bytes(tuple(spec.input_shape), outputs))
+    else:
+        complete = True
+    return ShapeEstimate(params, activation_bytes(tuple(spec.input_shape), outputs), complete)
 
 
 def estimate_params(spec: ModelSpec) -> int | None:
     found = estimate(spec)
-    return None if found is None else found.params
+    return None if found is None or not found.complete else found.params
 
 
 def activation_bytes(input_shape: tuple[int, ...], output_shapes: Sequence[Sequence[int | None]]) -> int:
@@ -245,7 +271,7 @@ def dry_build(
     if tuple(request.model.input_shape) != info.input_shape:
         problems.append(
             (
-                ("model", "input_shape"),
+                ("model", *request.model.input_loc),
                 f"input_shape {list(request.model.input_shape)} does not match dataset {info.name!r}, "
                 f"whose samples have shape {list(info.input_shape)}",
             )
@@ -253,7 +279,7 @@ def dry_build(
         raise SpecError(problems)
     model = build_model(request.model)
     output_shape = tuple(model.outputs[0].shape)
-    last: Path = ("model", "layers", len(request.model.layers) - 1)
+    last: Path = ("model", *request.model.layer_loc(len(request.model.layers) - 1))
     if isinstance(request.model.layers[-1], DenseLayer):
         last = (*last, "units")
     problem = check_output(request.compile, output_shape, info)
@@ -282,24 +308,49 @@ def dry_build(
 
 
 def validation_problems(request: TrainRequest, info: DatasetInfo) -> list[tuple[Path, str]]:
-    """Validation on the test split needs a dataset with one, or a held-out split (``test_size``)."""
+    """Validation on the test split needs a dataset with one, or a held-out split (``test_size``); one-hot inputs
+    need word indexes whose vocabulary is known."""
+    found: list[tuple[Path, str]] = []
     if request.fit.validation_data == "test" and not info.test_rows and request.dataset.test_size is None:
-        return [
+        found.append(
             (
                 ("fit", "validation_data"),
                 f"dataset {info.name!r} has no test split to validate on; hold one out with dataset.test_size, or "
                 "validate on rows held out of the training rows: {'size': 0.2}",
             )
-        ]
-    return []
+        )
+    reshape = request.dataset.reshape
+    if reshape is not None and info.stored_shape is None:
+        found.append(
+            (
+                ("dataset", "reshape"),
+                f"{list(reshape)} holds {math.prod(reshape):,} values, but the samples of dataset {info.name!r} have "
+                f"shape {list(info.input_shape)}: {math.prod(info.input_shape):,} values",
+            )
+        )
+    if request.dataset.one_hot and info.vocabulary_size is None and request.dataset.num_words is None:
+        found.append(
+            (
+                ("dataset", "one_hot"),
+                f"dataset {info.name!r} is not word indexes of a known vocabulary: one_hot is for imdb and for "
+                "uploaded .csv texts",
+            )
+        )
+    return found
 
 
 def check_output(compile_spec: CompileSpec, output_shape: tuple[int | None, ...], info: DatasetInfo) -> str | None:
     """Why the model's output cannot be trained against the dataset's labels with this loss, or None."""
     if len(output_shape) != 2:
+        sequences = (
+            " (a sequence's steps can also be pooled by a global pooling layer, or ended by a recurrent layer "
+            "without return_sequences)"
+            if len(output_shape) == 3
+            else ""
+        )
         return (
             f"the model's output has shape {_shape(output_shape)}; a classifier needs (batch, classes): "
-            f"end with a flatten and a dense layer"
+            f"end with a flatten and a dense layer{sequences}"
         )
     units = output_shape[1]
     encoding = compile_spec.label_encoding
@@ -339,13 +390,18 @@ AUTO_STEPS_CAP = 128
 
 def multiply_adds(model: keras.Model) -> int:
     """Multiply-adds of one sample's forward pass, from the built model: each layer's weights are used once per
-    position of its output (once for Dense on a vector, once per pixel for a convolution)."""
+    position of its output (once for Dense on a vector, once per pixel for a convolution), a recurrent layer's
+    once per step of its input sequence (whether or not it returns the sequence), and an embedding's not at all
+    (it looks its vectors up)."""
     total = 0
     for layer in model.layers:
         params = layer.count_params()
-        if params:
-            positions = math.prod(int(d) for d in layer.output.shape[1:-1] if d is not None)
-            total += params * max(positions, 1)
+        if not params or isinstance(layer, keras.layers.Embedding):
+            continue
+        recurrent = isinstance(layer, keras.layers.RNN | keras.layers.Bidirectional)
+        axes = (layer.input if recurrent else layer.output).shape[1:-1]
+        positions = math.prod(int(d) for d in axes if d is not None)
+        total += params * max(positions, 1)
     return total
 
 
@@ -423,6 +479,12 @@ def _shape(shape: Any) -> list[int | None]:
     return [None if d is None else int(d) for d in shape]
 
 
+_TERMINAL_COLOURS = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    """The first line of Keras' message that says something: past its "Exception encountered when calling
+    ...", without its terminal colours."""
+    lines = (line.strip() for line in _TERMINAL_COLOURS.sub("", str(exc)).splitlines())
+    useful = [line for line in lines if line and not line.startswith("Exception encountered when calling")]
+    return useful[0] if useful else type(exc).__name__

@@ -9,8 +9,9 @@ reaches Keras' ``from_config``/``deserialize``. Keras is imported inside ``build
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -19,14 +20,18 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PrivateAttr,
     StringConstraints,
     Tag,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
     WithJsonSchema,
+    WrapValidator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from service.datasets.builtin import BUILTIN_DATASETS
+from service.datasets.builtin import BUILTIN_DATASETS, SEQUENCE_DATASETS
 
 # Keras 3's activation functions (keras.activations) that a layer can name; with UNUSABLE_ACTIVATIONS they are
 # exactly Keras' own, which the tests check against Keras itself.
@@ -191,6 +196,9 @@ class Strict(BaseModel):
 class LayerSpec(Strict):
     name: Name | None = Field(default=None, description="Layer name; Keras picks one (dense, dense_1, …) if omitted.")
 
+    # The axes of the inputs the layer takes, for a layer that takes one rank only: error messages say so.
+    layout: ClassVar[tuple[str, ...] | None] = None
+
     def build(self) -> Any:
         raise NotImplementedError
 
@@ -198,6 +206,32 @@ class LayerSpec(Strict):
         """Parameters this layer adds on an input of this shape (checked against Keras' own count in tests),
         so a model's size is known before any weight is allocated."""
         return 0
+
+
+def _problem(loc: tuple[str | int, ...], kind: str, message: str, value: Any) -> InitErrorDetails:
+    return {"type": PydanticCustomError(kind, "{message}", {"message": message}), "loc": loc, "input": value}
+
+
+def _no_name(value: Any) -> Any:
+    if value is not None:
+        raise PydanticCustomError("input_name", "the input takes no name: the summary does not show it")
+    return value
+
+
+class InputLayer(LayerSpec):
+    """The model's input, as keras.Input(shape=...): only as the first layer, and instead of the model's
+    input_shape."""
+
+    type: Literal["input"]
+    name: Annotated[None, BeforeValidator(_no_name)] = Field(default=None, description="The input takes no name.")
+    shape: list[PositiveInt] = Field(
+        min_length=1, max_length=4, description="Shape of one sample, without the batch dimension."
+    )
+
+    def build(self) -> Any:
+        from keras import layers
+
+        return layers.InputLayer(shape=tuple(self.shape))
 
 
 class FlattenLayer(LayerSpec):
@@ -253,16 +287,42 @@ class ReshapeLayer(LayerSpec):
         return layers.Reshape(tuple(self.target_shape), name=self.name)
 
 
+Padding = Literal["valid", "same"]
+IMAGES = ("batch", "height", "width", "channels")
+SEQUENCES = ("batch", "steps", "features")
+
+
+def _largest(value: int | list[int]) -> int:
+    return value if isinstance(value, int) else max(value)
+
+
+def _strides_or_dilation(strides: int | list[int], dilation_rate: int | list[int]) -> None:
+    """Keras refuses a convolution that both strides and dilates."""
+    if _largest(strides) > 1 and _largest(dilation_rate) > 1:
+        raise PydanticCustomError(
+            "strides_and_dilation",
+            "strides above 1 cannot be combined with dilation_rate above 1 (Keras takes one or the other)",
+        )
+
+
 class Conv2DLayer(LayerSpec):
     """A 2-D convolution over (height, width, channels) inputs (keras.layers.Conv2D)."""
+
+    layout = IMAGES
 
     type: Literal["conv2d"]
     filters: int = Field(ge=1, le=65_536)
     kernel_size: Pair = 3
     strides: Pair = 1
-    padding: Literal["valid", "same"] = "valid"
+    padding: Padding = "valid"
+    dilation_rate: Pair = Field(default=1, description="Spacing of the kernel's taps; with strides 1 only.")
     activation: Activation = "linear"
     use_bias: bool = True
+
+    @model_validator(mode="after")
+    def _one_of_strides_or_dilation(self) -> Conv2DLayer:
+        _strides_or_dilation(self.strides, self.dilation_rate)
+        return self
 
     def build(self) -> Any:
         from keras import layers
@@ -272,6 +332,7 @@ class Conv2DLayer(LayerSpec):
             _pair(self.kernel_size),
             strides=_pair(self.strides),
             padding=self.padding,
+            dilation_rate=_pair(self.dilation_rate),
             activation=self.activation,
             use_bias=self.use_bias,
             name=self.name,
@@ -283,19 +344,169 @@ class Conv2DLayer(LayerSpec):
         return self.filters * (height * width * (input_shape[-1] or 0) + int(self.use_bias))
 
 
+class Conv1DLayer(LayerSpec):
+    """A 1-D convolution over (steps, channels) inputs, such as sequences of embeddings (keras.layers.Conv1D)."""
+
+    layout = SEQUENCES
+
+    type: Literal["conv1d"]
+    filters: int = Field(ge=1, le=65_536)
+    kernel_size: PositiveInt = Field(description="Steps the kernel spans.")
+    strides: PositiveInt = 1
+    padding: Literal["valid", "same", "causal"] = Field(
+        default="valid", description="'causal': each output sees only the current and earlier steps."
+    )
+    dilation_rate: PositiveInt = Field(default=1, description="Spacing of the kernel's taps; with strides 1 only.")
+    activation: Activation = "linear"
+    use_bias: bool = True
+
+    @model_validator(mode="after")
+    def _one_of_strides_or_dilation(self) -> Conv1DLayer:
+        _strides_or_dilation(self.strides, self.dilation_rate)
+        return self
+
+    def build(self) -> Any:
+        from keras import layers
+
+        return layers.Conv1D(
+            self.filters,
+            self.kernel_size,
+            strides=self.strides,
+            padding=self.padding,
+            dilation_rate=self.dilation_rate,
+            activation=self.activation,
+            use_bias=self.use_bias,
+            name=self.name,
+        )
+
+    def params(self, input_shape: tuple[int | None, ...]) -> int:
+        return self.filters * (self.kernel_size * (input_shape[-1] or 0) + int(self.use_bias))
+
+
 class MaxPooling2DLayer(LayerSpec):
     """Max pooling over (height, width, channels) inputs (keras.layers.MaxPooling2D)."""
 
+    layout = IMAGES
+
     type: Literal["max_pooling2d"]
     pool_size: Pair = 2
-    strides: Pair | None = None
-    padding: Literal["valid", "same"] = "valid"
+    strides: Pair | None = Field(default=None, description="The pool_size when omitted.")
+    padding: Padding = "valid"
 
     def build(self) -> Any:
         from keras import layers
 
         strides = None if self.strides is None else _pair(self.strides)
         return layers.MaxPooling2D(_pair(self.pool_size), strides=strides, padding=self.padding, name=self.name)
+
+
+class AveragePooling2DLayer(LayerSpec):
+    """Average pooling over (height, width, channels) inputs (keras.layers.AveragePooling2D)."""
+
+    layout = IMAGES
+
+    type: Literal["average_pooling2d"]
+    pool_size: Pair
+    strides: Pair | None = Field(default=None, description="The pool_size when omitted.")
+    padding: Padding = "valid"
+
+    def build(self) -> Any:
+        from keras import layers
+
+        strides = None if self.strides is None else _pair(self.strides)
+        return layers.AveragePooling2D(_pair(self.pool_size), strides=strides, padding=self.padding, name=self.name)
+
+
+class MaxPooling1DLayer(LayerSpec):
+    """Max pooling over the steps of (steps, features) inputs (keras.layers.MaxPooling1D)."""
+
+    layout = SEQUENCES
+
+    type: Literal["max_pooling1d"]
+    pool_size: PositiveInt = 2
+    strides: PositiveInt | None = Field(default=None, description="The pool_size when omitted.")
+    padding: Padding = "valid"
+
+    def build(self) -> Any:
+        from keras import layers
+
+        return layers.MaxPooling1D(self.pool_size, strides=self.strides, padding=self.padding, name=self.name)
+
+
+class AveragePooling1DLayer(LayerSpec):
+    """Average pooling over the steps of (steps, features) inputs (keras.layers.AveragePooling1D)."""
+
+    layout = SEQUENCES
+
+    type: Literal["average_pooling1d"]
+    pool_size: PositiveInt
+    strides: PositiveInt | None = Field(default=None, description="The pool_size when omitted.")
+    padding: Padding = "valid"
+
+    def build(self) -> Any:
+        from keras import layers
+
+        return layers.AveragePooling1D(self.pool_size, strides=self.strides, padding=self.padding, name=self.name)
+
+
+KeepDims = Annotated[bool, Field(description="Keep the pooled axes, with length 1.")]
+
+
+class GlobalAveragePooling1DLayer(LayerSpec):
+    """The average over all steps of (steps, features) inputs (keras.layers.GlobalAveragePooling1D)."""
+
+    layout = SEQUENCES
+
+    type: Literal["global_average_pooling1d"]
+    keepdims: KeepDims = False
+
+    def build(self) -> Any:
+        from keras import layers
+
+        return layers.GlobalAveragePooling1D(keepdims=self.keepdims, name=self.name)
+
+
+class GlobalMaxPooling1DLayer(LayerSpec):
+    """The maximum over all steps of (steps, features) inputs (keras.layers.GlobalMaxPooling1D)."""
+
+    layout = SEQUENCES
+
+    type: Literal["global_max_pooling1d"]
+    keepdims: KeepDims = False
+
+    def build(self) -> Any:
+        from keras import layers
+
+        return layers.GlobalMaxPooling1D(keepdims=self.keepdims, name=self.name)
+
+
+class GlobalAveragePooling2DLayer(LayerSpec):
+    """The average over height and width of (height, width, channels) inputs
+    (keras.layers.GlobalAveragePooling2D)."""
+
+    layout = IMAGES
+
+    type: Literal["global_average_pooling2d"]
+    keepdims: KeepDims = False
+
+    def build(self) -> Any:
+        from keras import layers
+
+        return layers.GlobalAveragePooling2D(keepdims=self.keepdims, name=self.name)
+
+
+class GlobalMaxPooling2DLayer(LayerSpec):
+    """The maximum over height and width of (height, width, channels) inputs (keras.layers.GlobalMaxPooling2D)."""
+
+    layout = IMAGES
+
+    type: Literal["global_max_pooling2d"]
+    keepdims: KeepDims = False
+
+    def build(self) -> Any:
+        from keras import layers
+
+        return layers.GlobalMaxPooling2D(keepdims=self.keepdims, name=self.name)
 
 
 class BatchNormalizationLayer(LayerSpec):
@@ -319,17 +530,190 @@ class BatchNormalizationLayer(LayerSpec):
         return (int(self.center) + int(self.scale) + 2) * (input_shape[-1] or 0)
 
 
+class EmbeddingLayer(LayerSpec):
+    """A learned vector for each integer index, e.g. a word's number in a vocabulary (keras.layers.Embedding):
+    (steps,) indices in, (steps, output_dim) vectors out. Indices must be below input_dim."""
+
+    type: Literal["embedding"]
+    input_dim: int = Field(ge=1, le=1_000_000, description="Number of distinct indices (the vocabulary's size).")
+    output_dim: int = Field(ge=1, le=1_000_000, description="Length of each index's vector.")
+    mask_zero: bool = Field(
+        default=False, description="Index 0 is padding: the recurrent layers after it skip those steps."
+    )
+
+    def build(self) -> Any:
+        from keras import layers
+
+        return layers.Embedding(self.input_dim, self.output_dim, mask_zero=self.mask_zero, name=self.name)
+
+    def params(self, input_shape: tuple[int | None, ...]) -> int:
+        return self.input_dim * self.output_dim
+
+
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class RecurrentLayer(LayerSpec):
+    """What keras.layers.SimpleRNN, LSTM and GRU share: over (steps, features) inputs, a state of ``units``
+    updated at every step."""
+
+    layout = SEQUENCES
+    # Weight sets per unit: SimpleRNN one, GRU three, LSTM four.
+    gates: ClassVar[int] = 1
+
+    units: int = Field(ge=1, le=1_000_000, description="Size of the state, and of the output at each step.")
+    activation: Activation = "tanh"
+    use_bias: bool = True
+    dropout: Fraction = Field(default=0.0, description="Fraction of the inputs to drop while training.")
+    recurrent_dropout: Fraction = Field(default=0.0, description="Fraction of the state to drop while training.")
+    return_sequences: bool = Field(
+        default=False,
+        description="Output every step, (steps, units), as a next recurrent layer takes; else the last step's, "
+        "(units,).",
+    )
+    seed: int | None = Field(default=None, description="Seed of the dropout.")
+
+    def _bias_per_unit(self) -> int:
+        return int(self.use_bias)
+
+    def params(self, input_shape: tuple[int | None, ...]) -> int:
+        return self.gates * self.units * ((input_shape[-1] or 0) + self.units + self._bias_per_unit())
+
+
+class SimpleRNNLayer(RecurrentLayer):
+    """A fully connected recurrent layer: the output is the next step's state (keras.layers.SimpleRNN)."""
+
+    type: Literal["simple_rnn"]
+
+    def build(self) -> Any:
+        from keras import layers
+
+        return layers.SimpleRNN(**self.model_dump(exclude={"type"}))
+
+
+class LSTMLayer(RecurrentLayer):
+    """Long short-term memory (keras.layers.LSTM)."""
+
+    gates = 4
+
+    type: Literal["lstm"]
+    recurrent_activation: Activation = Field(default="sigmoid", description="Activation of the gates.")
+
+    def build(self) -> Any:
+        from keras import layers
+
+        return layers.LSTM(**self.model_dump(exclude={"type"}))
+
+
+class GRULayer(RecurrentLayer):
+    """Gated recurrent unit (keras.layers.GRU)."""
+
+    gates = 3
+
+    type: Literal["gru"]
+    recurrent_activation: Activation = Field(default="sigmoid", description="Activation of the gates.")
+    reset_after: bool = Field(
+        default=True, description="Apply the reset gate after the matrix multiplication (Keras' and cuDNN's way)."
+    )
+
+    def _bias_per_unit(self) -> int:
+        # reset_after keeps separate input and recurrent biases
+        return (2 if self.reset_after else 1) if self.use_bias else 0
+
+    def build(self) -> Any:
+        from keras import layers
+
+        return layers.GRU(**self.model_dump(exclude={"type"}))
+
+
+# What TensorFlow accepts in the name scopes it opens per layer; a wrapped layer runs as forward_<name> and
+# backward_<name>.
+_RUNNABLE_NAME = re.compile(r"[A-Za-z0-9_.>-]+")
+
+
+def _runnable_inner_name(layer: RecurrentLayer) -> RecurrentLayer:
+    if layer.name is not None and not _RUNNABLE_NAME.fullmatch(layer.name):
+        message = (
+            "a wrapped layer's name may hold only ASCII letters, digits and '_', '.', '-', '>': TensorFlow runs it "
+            f"as 'forward_{layer.name}' and 'backward_{layer.name}'; name the bidirectional layer instead"
+        )
+        raise ValidationError.from_exception_data(
+            "BidirectionalLayer", [_problem(("name",), "invalid_name", message, layer.name)]
+        )
+    return layer
+
+
+Recurrent = Annotated[SimpleRNNLayer | LSTMLayer | GRULayer, Field(discriminator="type")]
+
+
+class BidirectionalLayer(LayerSpec):
+    """Runs a recurrent layer forwards and a copy of it backwards over the steps, and merges their outputs
+    (keras.layers.Bidirectional)."""
+
+    layout = SEQUENCES
+
+    type: Literal["bidirectional"]
+    layer: Annotated[Recurrent, AfterValidator(_runnable_inner_name)] = Field(
+        description="The recurrent layer: a simple_rnn, lstm or gru."
+    )
+    merge_mode: Literal["concat", "sum", "mul", "ave"] = Field(
+        default="concat", description="How the two directions' outputs are merged: 'concat' doubles the units."
+    )
+
+    def build(self) -> Any:
+        from keras import layers
+
+        return layers.Bidirectional(self.layer.build(), merge_mode=self.merge_mode, name=self.name)
+
+    def params(self, input_shape: tuple[int | None, ...]) -> int:
+        return 2 * self.layer.params(input_shape)
+
+
 LAYER_TYPES: tuple[type[LayerSpec], ...] = (
+    InputLayer,
     FlattenLayer,
     DenseLayer,
     DropoutLayer,
     ReshapeLayer,
     Conv2DLayer,
+    Conv1DLayer,
     MaxPooling2DLayer,
+    AveragePooling2DLayer,
+    MaxPooling1DLayer,
+    AveragePooling1DLayer,
+    GlobalAveragePooling1DLayer,
+    GlobalMaxPooling1DLayer,
+    GlobalAveragePooling2DLayer,
+    GlobalMaxPooling2DLayer,
     BatchNormalizationLayer,
+    EmbeddingLayer,
+    SimpleRNNLayer,
+    LSTMLayer,
+    GRULayer,
+    BidirectionalLayer,
 )
 Layer = Annotated[
-    FlattenLayer | DenseLayer | DropoutLayer | ReshapeLayer | Conv2DLayer | MaxPooling2DLayer | BatchNormalizationLayer,
+    InputLayer
+    | FlattenLayer
+    | DenseLayer
+    | DropoutLayer
+    | ReshapeLayer
+    | Conv2DLayer
+    | Conv1DLayer
+    | MaxPooling2DLayer
+    | AveragePooling2DLayer
+    | MaxPooling1DLayer
+    | AveragePooling1DLayer
+    | GlobalAveragePooling1DLayer
+    | GlobalMaxPooling1DLayer
+    | GlobalAveragePooling2DLayer
+    | GlobalMaxPooling2DLayer
+    | BatchNormalizationLayer
+    | EmbeddingLayer
+    | SimpleRNNLayer
+    | LSTMLayer
+    | GRULayer
+    | BidirectionalLayer,
     Field(discriminator="type"),
 ]
 
@@ -730,12 +1114,115 @@ class HeldOutValidation(Strict):
 # --- the request ------------------------------------------------------------------------------------------------
 
 
+# An input layer gives the model's input shape: input_shape is set from it once the layers are validated.
+_SHAPE_FROM_INPUT_LAYER = object()
+
+
+def _unless_from_input_layer(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    return [] if value is _SHAPE_FROM_INPUT_LAYER else handler(value)
+
+
+def _begins_with_input(layers: Any) -> bool:
+    if not isinstance(layers, list) or not layers:
+        return False
+    first = layers[0]
+    return isinstance(first, InputLayer) or (isinstance(first, dict) and first.get("type") == "input")
+
+
+def _input_shape_or_input_layer(schema: dict[str, Any]) -> None:
+    """The schema of "input_shape, or a first layer of type 'input' (and never a later one)"."""
+    schema["required"] = [name for name in schema.get("required", []) if name != "input_shape"]
+    layers = schema["properties"]["layers"]
+    every = layers.pop("items")
+    mapping = every["discriminator"]["mapping"]
+    after_first = {
+        "discriminator": {**every["discriminator"], "mapping": {k: v for k, v in mapping.items() if k != "input"}},
+        "oneOf": [choice for choice in every["oneOf"] if choice != {"$ref": mapping["input"]}],
+    }
+    layers["prefixItems"] = [every]
+    layers["items"] = after_first
+    first_is_input = {"properties": {"type": {"const": "input"}}}
+    schema["anyOf"] = [
+        {"required": ["input_shape"], "properties": {"layers": {"prefixItems": [{"not": first_is_input}]}}},
+        {
+            "not": {"required": ["input_shape"]},
+            "properties": {"layers": {"minItems": 2, "prefixItems": [first_is_input]}},
+        },
+    ]
+
+
 class ModelSpec(Strict):
+    """A Sequential model: its input, as input_shape or as a first layer {"type": "input", "shape": [...]} (as
+    keras.Input(shape=...)), and its layers."""
+
+    # Validation moves a first input layer's shape into input_shape and drops the layer from layers: the rest of
+    # the service reads input_shape and the model's own layers either way, and model_dump() (what a job records
+    # and the worker validates again) has the input_shape form. Error paths come from layer_loc and input_loc,
+    # which point into the request as it was given.
+    model_config = ConfigDict(json_schema_extra=_input_shape_or_input_layer)
+
     name: Name | None = Field(default=None, description="Model name, shown by model.summary().")
-    input_shape: list[PositiveInt] = Field(
-        min_length=1, max_length=4, description="Shape of one sample, without the batch dimension."
+    input_shape: Annotated[
+        list[PositiveInt], Field(min_length=1, max_length=4), WrapValidator(_unless_from_input_layer)
+    ] = Field(
+        description="Shape of one sample, without the batch dimension. Or begin the layers with "
+        "{'type': 'input', 'shape': [...]}, as keras.Input(shape=...), instead."
     )
     layers: list[Layer] = Field(min_length=1, max_length=1000, description="Also capped by TRAINSERVE_MAX_LAYERS.")
+
+    # 1 when the request began its layers with an input layer, which is not in ``layers``.
+    _layers_offset: int = PrivateAttr(default=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shape_from_an_input_layer(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "input_shape" not in data and _begins_with_input(data.get("layers")):
+            return {**data, "input_shape": _SHAPE_FROM_INPUT_LAYER}
+        return data
+
+    @model_validator(mode="after")
+    def _one_input(self) -> ModelSpec:
+        first = self.layers[0]
+        problems: list[InitErrorDetails] = []
+        if isinstance(first, InputLayer) and self.input_shape:
+            problems.append(
+                _problem(
+                    ("input_shape",),
+                    "input_twice",
+                    "give input_shape or a first layer of type 'input', not both",
+                    self.input_shape,
+                )
+            )
+        if isinstance(first, InputLayer) and len(self.layers) == 1:
+            problems.append(
+                _problem(("layers",), "input_alone", "the input layer needs at least one layer after it", [])
+            )
+        for index, layer in enumerate(self.layers[1:], start=1):
+            if isinstance(layer, InputLayer):
+                problems.append(
+                    _problem(
+                        ("layers", index),
+                        "input_not_first",
+                        "an input layer can only be the first layer: it is the model's input, as keras.Input",
+                        layer.model_dump(),
+                    )
+                )
+        if problems:
+            raise ValidationError.from_exception_data(type(self).__name__, problems)
+        if isinstance(first, InputLayer):
+            self.input_shape = list(first.shape)
+            self.layers = self.layers[1:]
+            self._layers_offset = 1
+        return self
+
+    def layer_loc(self, index: int) -> tuple[str | int, ...]:
+        """Where ``layers[index]`` is in the request as it was given."""
+        return ("layers", index + self._layers_offset)
+
+    @property
+    def input_loc(self) -> tuple[str | int, ...]:
+        """Where the input shape is in the request as it was given."""
+        return ("layers", 0, "shape") if self._layers_offset else ("input_shape",)
 
 
 def _metrics_list(value: Any) -> Any:
@@ -789,7 +1276,7 @@ class DatasetSpec(Strict):
 
     name: Annotated[str, _one_of("dataset", tuple(BUILTIN_DATASETS)), _enum(tuple(BUILTIN_DATASETS))] | None = Field(
         default=None,
-        description="A built-in dataset: digits, iris, wine, breast_cancer, mnist, fashion_mnist, cifar10.",
+        description="A built-in dataset: digits, iris, wine, breast_cancer, mnist, fashion_mnist, cifar10, imdb.",
     )
     id: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = Field(
         default=None, description="An uploaded dataset's id, from POST /datasets."
@@ -808,6 +1295,30 @@ class DatasetSpec(Strict):
         default=False,
         description="Keep each class's share in the held-out split, as train_test_split(stratify=y); off by default, "
         "as in scikit-learn.",
+    )
+    num_words: int | None = Field(
+        default=None,
+        ge=3,
+        le=1_000_000,
+        description="imdb: keep the most frequent words, as keras.datasets.imdb.load_data(num_words=...); the others "
+        "become 2, out of vocabulary.",
+    )
+    maxlen: int | None = Field(
+        default=None, ge=1, le=100_000, description="imdb: cut or pad every review to this many words (pad_sequences)."
+    )
+    padding: Literal["pre", "post"] = Field(default="pre", description="imdb: where shorter reviews get their zeros.")
+    truncating: Literal["pre", "post"] = Field(default="pre", description="imdb: which end of a longer review is cut.")
+    reshape: list[PositiveInt] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4,
+        description="Each sample reshaped, as the book's train_input.reshape(-1, 28, 28, 1): the same numbers, in "
+        "the shape the model's input_shape gives.",
+    )
+    one_hot: bool = Field(
+        default=False,
+        description="Word-index sequences as one-hot vectors over the vocabulary, as keras.utils.to_categorical "
+        "makes them: (maxlen,) becomes (maxlen, num_words). For imdb (with num_words) and uploaded texts.",
     )
 
     @model_validator(mode="after")
@@ -881,6 +1392,33 @@ class TrainRequest(Strict):
                     "give validation_split or validation_data, not both (Keras would ignore validation_split)",
                 )
             )
+        dataset = self.dataset
+        if dataset.name in SEQUENCE_DATASETS and dataset.maxlen is None:
+            found.append(
+                (
+                    ("dataset", "maxlen"),
+                    f"{dataset.name}'s reviews have every length: give maxlen, the words each is cut or padded to "
+                    "(the book uses 100)",
+                )
+            )
+        if dataset.name in SEQUENCE_DATASETS and dataset.one_hot and dataset.num_words is None:
+            found.append(
+                (
+                    ("dataset", "num_words"),
+                    f"one-hot vectors of {dataset.name}'s whole vocabulary (about 88,000 words) are too wide: give "
+                    "num_words (the book uses 500)",
+                )
+            )
+        if dataset.name not in SEQUENCE_DATASETS:
+            given = ("num_words", dataset.num_words), ("maxlen", dataset.maxlen)
+            for field, value in given:
+                if value is not None:
+                    found.append(
+                        (
+                            ("dataset", field),
+                            f"{field} is for imdb; an uploaded .csv of texts is cut to its words and length at upload",
+                        )
+                    )
         logged = self.logged()
         checkpoints = 0
         for index, callback in enumerate(fit.callbacks):

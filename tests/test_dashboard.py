@@ -26,7 +26,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from service.api.routers.dashboard import FILES, ROOT
-from service.examples import chapter_examples
+from service.examples import all_examples, chapter_examples
 from service.settings import Settings
 from tests.conftest import chapter_request
 from tests.datafiles import images_zip
@@ -144,7 +144,7 @@ def test_the_dashboard_is_served_without_a_key_and_the_api_still_needs_one(setti
     assert client.get("/examples").status_code == 401
     assert client.get("/jobs").status_code == 401
     examples = client.get("/examples", headers={"Authorization": "Bearer s3cret"}).json()
-    assert examples["count"] == len(chapter_examples())
+    assert examples["count"] == len(all_examples())
     adam = next(e for e in examples["data"] if e["key"] == "digits_relu_adam")
     assert adam["request"] == chapter_examples()["digits_relu_adam"]
     assert "/examples" in client.get("/openapi.json").json()["paths"]
@@ -328,3 +328,102 @@ def test_the_datasets_page_shows_sample_images(page: Page, http: httpx.Client, s
     assert set(images.evaluate_all("images => images.map(i => i.naturalWidth)")) == {64}  # resized at upload
     assert "색깔" in page.locator(".dataset-samples h2").inner_text()
     page.screenshot(path=shots / "datasets_upload.png", full_page=True)
+
+
+@pytest.mark.slow
+def test_early_stopping_is_shown_on_the_curves(page: Page, http: httpx.Client, shots: Path) -> None:
+    body = chapter_request(epochs=20)
+    # No epoch after the first improves val_loss by 10: patience 2 stops at the third, the first is published.
+    body["fit"]["callbacks"] = [
+        {"type": "early_stopping", "patience": 2, "min_delta": 10.0, "restore_best_weights": True}
+    ]
+    job = wait_until_finished(http, http.post("/train", json=body).json()["job_id"])
+    assert job["status"] == "succeeded", job
+    page.goto(f"/#/jobs/{job['job_id']}")
+    stopped = page.locator("[data-stop-reason]")
+    stopped.wait_for()
+    assert stopped.get_attribute("data-stop-reason") == "3"
+    assert stopped.inner_text().startswith("at epoch 3 of 20: early_stopping: val_loss did not improve by more than 10")
+    page.locator("canvas[data-chart=loss][data-best-epoch='1']").wait_for()
+    best = page.evaluate(
+        "window.trainserve.charts.loss.data.datasets.find(d => d.key === 'best').data.map(p => [p.x, p.y])"
+    )
+    assert best == [[1, pytest.approx(job["history"][0]["val_loss"], abs=1e-9)]]
+    assert page.locator("canvas[data-chart=loss]").get_attribute("data-points") == "7"  # 3 train, 3 val, the star
+    page.screenshot(path=shots / "early_stopping.png", full_page=True)
+
+
+@pytest.fixture(scope="module")
+def cnn_model(http: httpx.Client) -> dict[str, Any]:
+    """The book's 8-2 CNN, small, on digits as (8, 8, 1) images."""
+    body = {
+        "name": "digits cnn",
+        "model": {
+            "input_shape": [8, 8],
+            "layers": [
+                {"type": "reshape", "target_shape": [8, 8, 1]},
+                {"type": "conv2d", "filters": 8, "kernel_size": 3, "activation": "relu", "padding": "same"},
+                {"type": "max_pooling2d", "pool_size": 2},
+                {"type": "conv2d", "filters": 16, "kernel_size": 3, "activation": "relu", "padding": "same"},
+                {"type": "flatten"},
+                {"type": "dense", "units": 10, "activation": "softmax"},
+            ],
+        },
+        "compile": {"optimizer": "adam"},
+        "dataset": {"name": "digits", "rescale": 1 / 16},
+        "fit": {"epochs": 2, "seed": 42},
+    }
+    job = wait_until_finished(http, http.post("/train", json=body).json()["job_id"])
+    assert job["status"] == "succeeded", job
+    model: dict[str, Any] = http.get(f"/models/{job['model_id']}").json()
+    return model
+
+
+@pytest.mark.slow
+def test_a_cnns_filters_and_a_drawn_digits_feature_maps(
+    page: Page, http: httpx.Client, cnn_model: dict[str, Any], shots: Path
+) -> None:
+    model_id = cnn_model["model_id"]
+    page.goto(f"/#/models/{model_id}")
+    page.wait_for_function("window.trainserve.inside && window.trainserve.inside.ready === true")
+    nodes = page.locator(".graph .node").evaluate_all("nodes => nodes.map(n => n.dataset.node)")
+    assert nodes == ["input", "reshape", "conv2d", "max_pooling2d", "conv2d_1", "flatten", "dense"]
+    assert "(None, 4, 4, 8) → output (None, 4, 4, 16)" in page.locator(".graph [data-node=conv2d_1]").inner_text()
+
+    for layer, filters in (("conv2d", 8), ("conv2d_1", 16)):
+        url = f"/models/{model_id}/layers/{layer}/weights"
+        for untrained, query in (("false", {}), ("true", {"untrained": "true", "seed": "42"})):
+            expected = [image["png"] for image in http.get(url, params=query).json()["images"]]
+            shown = page.locator(f".filter-row[data-layer={layer}] .filters[data-untrained={untrained}] img")
+            assert shown.evaluate_all("images => images.map(i => i.src)") == expected
+            assert len(expected) == filters
+
+    def maps_equal_the_apis() -> dict[str, Any]:
+        state: dict[str, Any] = page.evaluate("window.trainserve.inside.activations")
+        answer = http.post(
+            f"/models/{model_id}/activations", json={"instance": state["instance"], "layers": ["conv2d", "conv2d_1"]}
+        ).json()
+        for output in answer["outputs"]:
+            shown = page.locator(f".maps[data-layer={output['layer']}] img")
+            assert shown.evaluate_all("images => images.map(i => i.src)") == [i["png"] for i in output["images"]]
+        return state
+
+    page.locator("button.sample-choice[data-sample='0']").click()
+    page.wait_for_function(
+        "window.trainserve.inside.activations && window.trainserve.inside.activations.source === 'sample 0'"
+    )
+    page.locator(".maps[data-layer=conv2d_1] img").nth(15).wait_for()
+    state = maps_equal_the_apis()
+    assert state["instance"] == http.get("/datasets/digits/samples?n=1").json()["samples"][0]["x"]
+
+    pad = page.locator("canvas.draw")
+    box = pad.bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + 0.5 * box["width"], box["y"] + 0.15 * box["height"])
+    page.mouse.down()
+    page.mouse.move(box["x"] + 0.5 * box["width"], box["y"] + 0.85 * box["height"], steps=12)  # a "1"
+    page.mouse.up()
+    page.wait_for_function("window.trainserve.inside.activations.source === 'drawing'")
+    state = maps_equal_the_apis()
+    assert np.array(state["instance"]).shape == (8, 8)
+    page.screenshot(path=shots / "inside_cnn.png", full_page=True)

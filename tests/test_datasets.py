@@ -153,19 +153,21 @@ def test_zip_of_class_folders_becomes_image_arrays(api: TestClient) -> None:
 def test_built_in_datasets_list_themselves(api: TestClient) -> None:
     listing = api.get("/datasets", params={"limit": 500}).json()
     names = [d["dataset_id"] for d in listing["data"]]
-    assert names[:7] == ["digits", "iris", "wine", "breast_cancer", "mnist", "fashion_mnist", "cifar10"]
+    assert names[:8] == ["digits", "iris", "wine", "breast_cancer", "mnist", "fashion_mnist", "cifar10", "imdb"]
     assert listing["count"] == len(listing["data"])
-    builtin = {d["dataset_id"]: d for d in listing["data"][:7]}
+    builtin = {d["dataset_id"]: d for d in listing["data"][:8]}
     assert builtin["digits"]["source"] == "scikit-learn"
     assert builtin["digits"]["available_offline"] is True
     # The tests' Keras cache holds a small fashion_mnist and nothing else.
     assert builtin["fashion_mnist"]["available_offline"] is True
     assert builtin["mnist"]["available_offline"] is False
     assert builtin["cifar10"]["input_shape"] == [32, 32, 3]
-    assert all(d["source"] == "upload" for d in listing["data"][7:])
+    assert builtin["imdb"]["input_shape"] == []  # (maxlen,): each request says how long its reviews are
+    assert builtin["imdb"]["available_offline"] is False
+    assert all(d["source"] == "upload" for d in listing["data"][8:])
 
-    page = api.get("/datasets", params={"limit": 2, "offset": 6}).json()
-    assert [d["dataset_id"] for d in page["data"]] == ["cifar10", names[7]]
+    page = api.get("/datasets", params={"limit": 2, "offset": 7}).json()
+    assert [d["dataset_id"] for d in page["data"]] == ["imdb", names[8]]
     assert page["count"] == listing["count"]
 
     digits = api.get("/datasets/digits").json()

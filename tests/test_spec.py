@@ -11,8 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from service.examples import chapter_examples
-from service.keras_build import build_model, runnable_name, summarize
+from service.datasets.catalogue import as_requested, builtin_info
+from service.examples import all_examples, chapter_examples
+from service.keras_build import build_model, dry_build, runnable_name, summarize
 from service.spec import ACTIVATIONS, METRICS, OPTIMIZER_TYPES, UNUSABLE_ACTIVATIONS, CompileSpec, TrainRequest
 from tests.conftest import chapter_model_in_keras, chapter_request, printed_summary, wait_for_job
 
@@ -201,19 +202,21 @@ def test_runnable_names() -> None:
     assert runnable_name("은닉층").startswith("n_")
 
 
-def test_example_files_are_the_chapter_examples_and_all_dry_build(client: TestClient) -> None:
-    examples = chapter_examples()
+def test_example_files_are_the_book_examples_and_all_dry_build(client: TestClient) -> None:
+    examples = all_examples()
     files = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in (ROOT / "examples").glob("*.json")}
     assert files == examples, "regenerate with: python -m service.examples examples"
-    assert len(files) == 16
+    assert len(files) == 28
     queued = {}
     for stem, body in files.items():
         request = TrainRequest.model_validate(body)
-        if request.dataset.name == "digits":  # fashion_mnist needs Keras' cache; test_training covers it
+        if request.dataset.name == "digits":
             response = client.post("/train", json={**body, "fit": {**body["fit"], "epochs": 1}})
             assert response.status_code == 202, (stem, response.text)
             queued[stem] = response.json()["job_id"]
-    assert len(queued) == 8
+        else:  # fashion_mnist and imdb need Keras' cache: built as the API would, not trained
+            dry_build(request, as_requested(builtin_info(request.dataset)[0], request.dataset))
+    assert len(queued) == 11
     for stem, job_id in queued.items():
         job = wait_for_job(client, job_id)
         assert job["status"] == "succeeded", (stem, job["error"])

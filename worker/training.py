@@ -25,7 +25,7 @@ from billiard.exceptions import SoftTimeLimitExceeded
 from sklearn.model_selection import train_test_split
 
 from service import jobs
-from service.datasets.builtin import DatasetUnavailableError, LoadedDataset
+from service.datasets.builtin import DatasetInfo, DatasetUnavailableError, LoadedDataset
 from service.datasets.loading import load_training_data
 from service.db import ModelRow, new_id, session_scope
 from service.keras_build import (
@@ -74,9 +74,20 @@ def _as_float32(x: np.ndarray[Any, Any], rescale: float | None) -> np.ndarray[An
     return x.astype(np.float32, copy=False)
 
 
-def prepare(request: TrainRequest, data: LoadedDataset, num_classes: int) -> Splits:
+def one_hot(x: np.ndarray[Any, Any], words: int) -> np.ndarray[Any, Any]:
+    """Word indexes (rows, maxlen) as float32 one-hot vectors (rows, maxlen, words), as
+    ``keras.utils.to_categorical`` makes them (padding, index 0, is a vector too)."""
+    indexes = np.asarray(x, dtype=np.int64)
+    if indexes.size and (indexes.min() < 0 or indexes.max() >= words):
+        raise ValueError(f"word indexes run from {indexes.min()} to {indexes.max()}, outside 0 to {words - 1}")
+    out = np.zeros((*indexes.shape, words), dtype=np.float32)
+    np.put_along_axis(out, indexes[..., None], 1.0, axis=-1)
+    return out
+
+
+def prepare(request: TrainRequest, data: LoadedDataset, num_classes: int, one_hot_words: int | None = None) -> Splits:
     """Apply the request's held-out splits and preprocessing, in the order its script does; encode labels as its
-    loss expects."""
+    loss expects; with ``one_hot_words``, word indexes become one-hot vectors that wide."""
     spec = request.dataset
     x, y, x_test, y_test = data.x_train, data.y_train, data.x_test, data.y_test
     if spec.test_size is not None:
@@ -92,6 +103,15 @@ def prepare(request: TrainRequest, data: LoadedDataset, num_classes: int) -> Spl
     def labels(values: np.ndarray[Any, Any] | None) -> np.ndarray[Any, Any] | None:
         return None if values is None else labels_for_loss(values, encode, num_classes)
 
+    if spec.reshape is not None:
+        # As the learner's x.reshape(-1, 28, 28, 1): views of the same rows.
+        x = x.reshape(len(x), *spec.reshape)
+        x_test = None if x_test is None else x_test.reshape(len(x_test), *spec.reshape)
+        x_val = None if x_val is None or validation == "test" else x_val.reshape(len(x_val), *spec.reshape)
+    if one_hot_words is not None:
+        x = one_hot(x, one_hot_words)
+        x_test = None if x_test is None else one_hot(x_test, one_hot_words)
+        x_val = None if x_val is None or validation == "test" else one_hot(x_val, one_hot_words)
     x = _as_float32(x, spec.rescale)
     x_test = None if x_test is None else _as_float32(x_test, spec.rescale)
     if validation == "test":
@@ -115,11 +135,13 @@ class TrainingDataTooLargeError(Exception):
     """The job's arrays would take more memory than a job may (a dataset that grew since it was checked)."""
 
 
-def check_training_data(request: TrainRequest, data: LoadedDataset, num_classes: int, limit: int) -> None:
-    """Count what preparing the arrays will allocate before doing it, as the API did at submit."""
+def check_training_data(request: TrainRequest, data: LoadedDataset, info: DatasetInfo, limit: int) -> None:
+    """Count what preparing the arrays will allocate before doing it, as the API did at submit: the samples as
+    the model sees them (one-hot vectors are counted as wide as they become)."""
     rows = len(data.x_train) + (0 if data.x_test is None else len(data.x_test))
+    shape = info.input_shape if request.dataset.one_hot else data.x_train.shape[1:]
     inputs, labels = training_data_bytes(
-        rows=rows, input_shape=data.x_train.shape[1:], compile_spec=request.compile, num_classes=num_classes
+        rows=rows, input_shape=shape, compile_spec=request.compile, num_classes=info.num_classes
     )
     if inputs + labels > limit:
         raise TrainingDataTooLargeError(
@@ -487,8 +509,8 @@ def _train(run: JobRun, request: TrainRequest) -> str:
         keras.utils.set_random_seed(request.fit.seed)
         tf.config.experimental.enable_op_determinism()
     info, data = load_training_data(request.dataset, settings)
-    check_training_data(request, data, info.num_classes, settings.max_training_data_bytes)
-    splits = prepare(request, data, info.num_classes)
+    check_training_data(request, data, info, settings.max_training_data_bytes)
+    splits = prepare(request, data, info.num_classes, info.vocabulary_size if request.dataset.one_hot else None)
     run.check()
 
     display = build_model(request.model)
@@ -556,6 +578,7 @@ def _train(run: JobRun, request: TrainRequest) -> str:
             sha256=sha256,
             size_bytes=final.stat().st_size,
             litert=converted,
+            text=info.text,
         )
         with session_scope(settings.database_url) as session:
             published = jobs.complete_job(

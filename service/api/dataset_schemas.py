@@ -19,6 +19,29 @@ class DatasetStats(BaseModel):
     std: float
 
 
+class TextRead(BaseModel):
+    num_words: int = Field(description="Vocabulary size, padding (0) and [UNK] (1) included.")
+    maxlen: int
+    padding: Literal["pre", "post"]
+    truncating: Literal["pre", "post"]
+    standardize: str = Field(description="TextVectorization's standardize, as the texts were read.")
+    split: str
+    top_words: list[str] = Field(description="The most frequent words, from index 2 on (at most 50).")
+
+    @classmethod
+    def from_json(cls, text: dict[str, Any]) -> TextRead:
+        vocabulary = text["vocabulary"]
+        return cls(
+            num_words=len(vocabulary),
+            maxlen=text["maxlen"],
+            padding=text["padding"],
+            truncating=text["truncating"],
+            standardize=text["standardize"],
+            split=text["split"],
+            top_words=vocabulary[2:52],
+        )
+
+
 class DatasetRead(BaseModel):
     dataset_id: str = Field(description="An upload's id, or a built-in dataset's name; use it in POST /train.")
     name: str
@@ -29,11 +52,16 @@ class DatasetRead(BaseModel):
         description="Inputs of the training split: (rows, *one sample). Null where the API has not loaded it."
     )
     y_shape: list[int] | None
-    input_shape: list[int] = Field(description="One sample: the model's input_shape.")
-    dtype: Literal["float32", "uint8"] = Field(
+    input_shape: list[int] = Field(
+        description="One sample: the model's input_shape; empty for imdb, whose request says (maxlen,)."
+    )
+    dtype: Literal["float32", "uint8", "int32"] = Field(
         default="float32",
-        description="Inputs as stored: uint8 for image pixels (and uint8 arrays as uploaded), else float32. Jobs "
-        "train on float32, after their rescale.",
+        description="Inputs as stored: uint8 for image pixels (and uint8 arrays as uploaded), int32 for the word "
+        "indexes of texts, else float32. Jobs train on float32, after their rescale.",
+    )
+    text: TextRead | None = Field(
+        default=None, description="A .csv of texts: how its texts became sequences, and its most frequent words."
     )
     num_classes: int = Field(description="Units of a softmax output layer.")
     class_names: list[str] | None
@@ -67,7 +95,8 @@ class DatasetRead(BaseModel):
             splits=row.splits,
             sha256=row.sha256,
             options=row.options,
-            dtype="uint8" if row.stats.get("dtype") == "uint8" else "float32",
+            dtype=row.stats.get("dtype") if row.stats.get("dtype") in ("uint8", "int32") else "float32",
+            text=None if row.text is None else TextRead.from_json(row.text),
             stats=DatasetStats.model_validate(row.stats),
             available_offline=True,
             description=f"uploaded from {row.filename!r}",

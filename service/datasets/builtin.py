@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -39,6 +39,12 @@ class DatasetInfo:
     cache_files: tuple[str, ...] = field(default=())
     # Samples of the dataset's own test split, if it has one.
     test_rows: int = 0
+    # A text dataset's ``TextEncoding`` as JSON: what a model trained on it needs to take raw text.
+    text: dict[str, Any] | None = None
+    # Word-index sequences: how many words their indexes count (what one-hot vectors of them are as wide as).
+    vocabulary_size: int | None = None
+    # The samples' shape as stored, when the request reshapes them (input_shape is then the reshaped one).
+    stored_shape: tuple[int, ...] | None = None
 
 
 BUILTIN_DATASETS: dict[str, DatasetInfo] = {
@@ -113,12 +119,37 @@ BUILTIN_DATASETS: dict[str, DatasetInfo] = {
             ("datasets/cifar-10-batches-py",),
             10_000,
         ),
+        DatasetInfo(
+            "imdb",
+            "keras",
+            (),  # (maxlen,): each request says how long its reviews are
+            2,
+            ("negative", "positive"),
+            "50,000 film reviews as word indexes (1 starts a review, 2 is out of vocabulary), negative or positive.",
+            50_000,
+            ("datasets/imdb.npz",),
+            25_000,
+        ),
     )
 }
 
+# Built-ins of word-index sequences, whose length each request chooses (dataset.maxlen).
+SEQUENCE_DATASETS = frozenset({"imdb"})
+
+
+@dataclass(frozen=True)
+class Sequences:
+    """How a sequence dataset is cut: ``load_data(num_words=...)``, then ``pad_sequences``."""
+
+    num_words: int | None
+    maxlen: int
+    padding: Literal["pre", "post"] = "pre"
+    truncating: Literal["pre", "post"] = "pre"
+
+
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
-NumberArray = npt.NDArray[np.float32] | npt.NDArray[np.uint8]
+NumberArray = npt.NDArray[np.float32] | npt.NDArray[np.uint8] | npt.NDArray[np.int32]
 
 
 class DatasetUnavailableError(Exception):
@@ -147,7 +178,7 @@ def is_available_offline(info: DatasetInfo, cache: Path | None) -> bool:
     return all((home / f).exists() for f in info.cache_files)
 
 
-def load_builtin(info: DatasetInfo) -> LoadedDataset:
+def load_builtin(info: DatasetInfo, sequences: Sequences | None = None) -> LoadedDataset:
     """Load a built-in dataset: float32 inputs (keras.datasets: their uint8 pixels) and integer class labels.
 
     scikit-learn's datasets come without a test split; keras.datasets come with theirs.
@@ -168,13 +199,27 @@ def load_builtin(info: DatasetInfo) -> LoadedDataset:
     # Keras reads KERAS_HOME when it is imported; the worker sets it from the settings before that.
     from keras import datasets as kd
 
-    module = {"mnist": kd.mnist, "fashion_mnist": kd.fashion_mnist, "cifar10": kd.cifar10}[info.name]
+    module = {"mnist": kd.mnist, "fashion_mnist": kd.fashion_mnist, "cifar10": kd.cifar10, "imdb": kd.imdb}[info.name]
     try:
-        (x_train, y_train), (x_test, y_test) = module.load_data()
+        if info.name in SEQUENCE_DATASETS:
+            assert sequences is not None  # the request's dataset.maxlen, required for these
+            (x_train, y_train), (x_test, y_test) = module.load_data(num_words=sequences.num_words)
+        else:
+            (x_train, y_train), (x_test, y_test) = module.load_data()
     except Exception as exc:
         raise DatasetUnavailableError(
             f"dataset {info.name!r} is not in the Keras cache ({keras_home(None) / 'datasets'}) "
             f"and could not be downloaded: {exc}"
         ) from exc
+    if sequences is not None:
+        from keras.utils import pad_sequences
+
+        def cut(x: Any) -> NumberArray:
+            padded: NumberArray = pad_sequences(
+                x, maxlen=sequences.maxlen, padding=sequences.padding, truncating=sequences.truncating
+            )
+            return padded
+
+        x_train, x_test = cut(x_train), cut(x_test)
     # The pixels stay uint8 (a quarter of the memory); the job makes float32 of them once, with its rescale.
     return LoadedDataset(x_train, y_train.reshape(-1).astype(np.int64), x_test, y_test.reshape(-1).astype(np.int64))

@@ -9,6 +9,7 @@ same directory, as they read the model store.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -25,7 +26,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.datasets.builtin import BUILTIN_DATASETS, DatasetInfo, load_builtin
+from service.datasets.builtin import BUILTIN_DATASETS, SEQUENCE_DATASETS, DatasetInfo, Sequences, load_builtin
 from service.datasets.files import IngestLimits, Kind, ParsedDataset, UploadOptions, parse, row_blocks
 from service.db import DatasetRow, JobRow, JobStatus, is_id, new_id, session_scope
 from service.settings import Settings
@@ -111,6 +112,7 @@ def ingest(
             path=final.name,
             file_sha256=file_sha256,
             size_bytes=final.stat().st_size,
+            text=None if parsed.text is None else parsed.text.to_json(),
         )
         try:
             with session_scope(settings.database_url) as session:
@@ -208,18 +210,42 @@ def info_of(row: DatasetRow) -> DatasetInfo:
         description=f"uploaded from {row.filename!r}",
         rows=sum(int(count) for count in row.splits.values()),
         test_rows=int(row.splits.get("test", 0)),
+        text=row.text,
+        vocabulary_size=len(row.text["vocabulary"]) if row.text else None,
     )
+
+
+def builtin_info(spec: DatasetSpec) -> tuple[DatasetInfo, Sequences | None]:
+    """The built-in dataset the spec names, with its samples' shape; for a sequence dataset, the length its
+    sequences are cut to decides that shape."""
+    assert spec.name is not None
+    info = BUILTIN_DATASETS[spec.name]
+    if spec.name not in SEQUENCE_DATASETS or spec.maxlen is None:
+        return info, None
+    sequences = Sequences(spec.num_words, spec.maxlen, spec.padding, spec.truncating)
+    words = spec.num_words if spec.one_hot and spec.num_words is not None else None
+    return dataclasses.replace(info, input_shape=(spec.maxlen,), vocabulary_size=words), sequences
+
+
+def as_requested(info: DatasetInfo, spec: DatasetSpec) -> DatasetInfo:
+    """The dataset as the request's model sees it: its samples reshaped, word indexes as one-hot vectors, when it
+    asks for them. A reshape that does not keep the number of values is left for the dry build to refuse."""
+    if spec.reshape is not None and math.prod(spec.reshape) == math.prod(info.input_shape):
+        info = dataclasses.replace(info, input_shape=tuple(spec.reshape), stored_shape=info.input_shape)
+    if spec.one_hot and info.vocabulary_size is not None:
+        info = dataclasses.replace(info, input_shape=(*info.input_shape, info.vocabulary_size))
+    return info
 
 
 def dataset_info(*, session: Session, spec: DatasetSpec) -> DatasetInfo:
     """The built-in dataset the spec names, or the uploaded one it gives the id of."""
     if spec.name is not None:
-        return BUILTIN_DATASETS[spec.name]
+        return as_requested(builtin_info(spec)[0], spec)
     assert spec.id is not None  # DatasetSpec requires one of the two
     row = get_dataset(session=session, dataset_id=spec.id)
     if row is None:
         raise UnknownDatasetError(spec.id)
-    return info_of(row)
+    return as_requested(info_of(row), spec)
 
 
 # --- built-in datasets, described through the same endpoints ----------------------------------------------------

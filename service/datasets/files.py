@@ -21,6 +21,7 @@ import math
 import struct
 import time
 import zipfile
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -29,6 +30,7 @@ from typing import IO, Any, Literal
 import numpy as np
 
 from service.datasets.builtin import IntArray, NumberArray
+from service.datasets.text import Side, TextEncoding, vocabulary, words
 
 Kind = Literal["npz", "csv", "images"]
 ColorMode = Literal["grayscale", "rgb", "rgba"]
@@ -68,6 +70,8 @@ class IngestLimits:
     max_label_length: int = 256
     max_classes: int = 10_000
     max_csv_columns: int = 100_000
+    # Distinct words counted while a text .csv's vocabulary is chosen.
+    max_distinct_words: int = 2_000_000
     seconds: float = 300.0
     # Bytes left under the quota of all datasets together (None: no quota).
     quota_left: int | None = None
@@ -107,8 +111,23 @@ class UploadOptions:
     label_column: str = "label"
     image_size: tuple[int, int] = (64, 64)
     color_mode: ColorMode = "rgb"
+    # A .csv of texts: the column that holds them, and how they become sequences (``service.datasets.text``).
+    text_column: str | None = None
+    num_words: int = 10_000
+    maxlen: int = 100
+    padding: Side = "pre"
+    truncating: Side = "pre"
 
     def for_kind(self, kind: Kind) -> dict[str, Any]:
+        if kind == "csv" and self.text_column is not None:
+            return {
+                "label_column": self.label_column,
+                "text_column": self.text_column,
+                "num_words": self.num_words,
+                "maxlen": self.maxlen,
+                "padding": self.padding,
+                "truncating": self.truncating,
+            }
         if kind == "csv":
             return {"label_column": self.label_column}
         if kind == "images":
@@ -124,6 +143,8 @@ class ParsedDataset:
     y_test: IntArray | None
     num_classes: int
     class_names: list[str] | None
+    # How the texts of a text .csv became x.
+    text: TextEncoding | None = None
 
     @property
     def nbytes(self) -> int:
@@ -140,6 +161,8 @@ def parse(path: Path, kind: Kind, options: UploadOptions, limits: IngestLimits) 
     deadline = Deadline(limits.seconds)
     if kind == "npz":
         return parse_npz(path, limits, deadline)
+    if kind == "csv" and options.text_column is not None:
+        return parse_text_csv(path, options, limits, deadline)
     if kind == "csv":
         return parse_csv(path, options.label_column, limits, deadline)
     return parse_images(path, options.image_size, options.color_mode, limits, deadline)
@@ -711,6 +734,83 @@ def _feature(cell: str, column: str, line: int) -> float:
             f"column {quoted(column)} is {quoted(text, 40)} on line {line}; features must be finite float32 numbers"
         )
     return value
+
+
+def parse_text_csv(
+    path: Path, options: UploadOptions, limits: IngestLimits, deadline: Deadline | None = None
+) -> ParsedDataset:
+    """A header row, a column of texts and a label column; other columns are ignored. Read twice: once to count
+    the words and choose the vocabulary, once to turn each text into its padded sequence of word indexes."""
+    deadline = deadline or Deadline(limits.seconds)
+    labels = array.array("q")
+    encoder = LabelEncoder(limits, None)
+    counts: Counter[str] = Counter()
+    row_bytes = options.maxlen * 4 + 8
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            text_index, label_index, width = _text_header(next(reader, []), options, limits)
+            for row in reader:
+                line = reader.line_num
+                if line % 1000 == 0:
+                    deadline.check()
+                if not any(cell.strip() for cell in row):
+                    continue
+                if len(row) != width:
+                    raise DatasetFileError(f"line {line} has {len(row)} fields; the header has {width}")
+                labels.append(_csv_label(row[label_index], options.label_column, line, encoder, limits))
+                counts.update(words(row[text_index]))
+                if len(counts) > limits.max_distinct_words:
+                    raise DatasetFileError(
+                        f"the texts hold more than {limits.max_distinct_words:,} distinct words by line {line} "
+                        f"(TRAINSERVE_MAX_DISTINCT_WORDS)",
+                        status=413,
+                    )
+                limits.check_stored("the .csv", len(labels) * row_bytes)
+            if not labels:
+                raise DatasetFileError("the .csv has a header but no rows")
+            encoding = TextEncoding(
+                vocabulary(counts, options.num_words), options.maxlen, options.padding, options.truncating
+            )
+            del counts
+            x: NumberArray = np.zeros((len(labels), options.maxlen), dtype=np.int32)
+            f.seek(0)
+            reader = csv.reader(f)
+            next(reader)
+            row_number = 0
+            for row in reader:
+                if reader.line_num % 1000 == 0:
+                    deadline.check()
+                if not any(cell.strip() for cell in row):
+                    continue
+                x[row_number] = encoding.encode(row[text_index])
+                row_number += 1
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise DatasetFileError(f"not a readable UTF-8 .csv file: {_first_line(exc)}") from exc
+    y, _, num_classes, class_names = encoder.finish(np.frombuffer(labels, dtype=np.int64), None, "y")
+    return ParsedDataset(x, y, None, None, num_classes, class_names, encoding)
+
+
+def _text_header(header: list[str], options: UploadOptions, limits: IngestLimits) -> tuple[int, int, int]:
+    """Where the text and label columns are, and how many columns a row has."""
+    header = [column.strip() for column in header]
+    if not header:
+        raise DatasetFileError("the .csv is empty; expected a header row, then one row per text")
+    if len(header) > limits.max_csv_columns:
+        raise DatasetFileError(
+            f"the .csv has {len(header):,} columns, more than {limits.max_csv_columns:,} (TRAINSERVE_MAX_CSV_COLUMNS)",
+            status=413,
+        )
+    for column, field in ((options.text_column or "", "text_column"), (options.label_column, "label_column")):
+        if column not in header:
+            raise DatasetFileError(
+                f"no column {quoted(column)} in the header (columns: {listing(header)}); name it with the {field} "
+                f"field",
+                field=field,
+            )
+    if options.text_column == options.label_column:
+        raise DatasetFileError("text_column and label_column name the same column", field="text_column")
+    return header.index(options.text_column or ""), header.index(options.label_column), len(header)
 
 
 # --- .zip of images ---------------------------------------------------------------------------------------------

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from service.datasets.builtin import BUILTIN_DATASETS, DatasetInfo, DatasetUnavailableError, LoadedDataset, load_builtin
-from service.datasets.catalogue import get_dataset, info_of
+from service.datasets.builtin import DatasetInfo, DatasetUnavailableError, LoadedDataset, load_builtin
+from service.datasets.catalogue import as_requested, builtin_info, get_dataset, info_of
 from service.db import DatasetRow, session_scope
 from service.settings import Settings
 from service.spec import DatasetSpec
@@ -21,8 +21,8 @@ from service.store import sha256_file
 def load_training_data(spec: DatasetSpec, settings: Settings) -> tuple[DatasetInfo, LoadedDataset]:
     """The dataset a job trains on, whole, with what is known about it. Used by the worker."""
     if spec.name is not None:
-        info = BUILTIN_DATASETS[spec.name]
-        return info, load_builtin(info)
+        info, sequences = builtin_info(spec)
+        return as_requested(info, spec), load_builtin(info, sequences)
     assert spec.id is not None
     with session_scope(settings.database_url) as session:
         row = get_dataset(session=session, dataset_id=spec.id)
@@ -38,7 +38,7 @@ def load_training_data(spec: DatasetSpec, settings: Settings) -> tuple[DatasetIn
         data = LoadedDataset(
             npz["x_train"], npz["y_train"], npz["x_test"] if has_test else None, npz["y_test"] if has_test else None
         )
-    return info_of(row), data
+    return as_requested(info_of(row), spec), data
 
 
 def stored_split(row: DatasetRow, store: Path, split: str) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:

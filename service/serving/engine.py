@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service import registry
+from service.datasets.text import TextEncoding
 from service.db import ModelRow, session_factory
 from service.registry import ModelRef
 from service.serving.batching import Batcher, BatchStats
@@ -52,6 +53,8 @@ class ModelInfo:
     activation_bytes: int
     # The sha256 of its LiteRT flatbuffer, if it has one.
     litert_sha256: str | None
+    # A model trained on texts: how a text becomes its input, so instances may be raw text.
+    text: TextEncoding | None = None
 
     @classmethod
     def from_row(cls, row: ModelRow) -> ModelInfo:
@@ -70,6 +73,7 @@ class ModelInfo:
             activation_bytes=4
             * (math.prod(input_shape) + sum(math.prod(d or 1 for d in layer["output_shape"][1:]) for layer in layers)),
             litert_sha256=(row.litert or {}).get("sha256"),
+            text=None if row.text is None else TextEncoding.from_json(row.text),
         )
 
     def rows_per_call(self, max_activation_bytes: int) -> int:

@@ -24,12 +24,17 @@ from service.api.params import DatasetId
 from service.datasets import catalogue, loading
 from service.datasets.builtin import BUILTIN_DATASETS
 from service.datasets.files import CHANNELS, KINDS_BY_SUFFIX, ColorMode, DatasetFileError, UploadOptions, kind_of
+from service.datasets.text import Side
 from service.db import DatasetRow
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 T = TypeVar("T")
 
-UPLOAD_FIELDS = frozenset({"name", "label_column", "image_size", "color_mode"})
+UPLOAD_FIELDS = frozenset(
+    {"name", "label_column", "image_size", "color_mode", "text_column", "num_words", "maxlen", "padding", "truncating"}
+)
+MAX_NUM_WORDS = 1_000_000
+MAX_SEQUENCE_LENGTH = 100_000
 MAX_IMAGE_SIDE = 1024
 # height,width (or one number for both), each 1 to 1024: the schema states the same pattern.
 SIDE = "(?:[1-9][0-9]{0,2}|10[01][0-9]|102[0-4])"
@@ -76,6 +81,38 @@ UPLOAD_FORM: dict[str, Any] = {
                             "enum": list(CHANNELS),
                             "default": "rgb",
                             "description": ".zip: 1, 3 or 4 channels.",
+                        },
+                        "text_column": {
+                            "type": "string",
+                            "maxLength": 256,
+                            "description": ".csv of texts: the column of texts, which become sequences of word "
+                            "indexes (TextVectorization's vocabulary, pad_sequences' padding); the other columns but "
+                            "the label are ignored.",
+                        },
+                        "num_words": {
+                            "type": "string",
+                            "pattern": "^[0-9]+$",
+                            "default": "10000",
+                            "description": f".csv of texts: the vocabulary's size with padding (0) and [UNK] (1), "
+                            f"as TextVectorization's max_tokens; 3 to {MAX_NUM_WORDS:,}.",
+                        },
+                        "maxlen": {
+                            "type": "string",
+                            "pattern": "^[0-9]+$",
+                            "default": "100",
+                            "description": f".csv of texts: words per sequence, 1 to {MAX_SEQUENCE_LENGTH:,}.",
+                        },
+                        "padding": {
+                            "type": "string",
+                            "enum": ["pre", "post"],
+                            "default": "pre",
+                            "description": ".csv of texts: where shorter texts get their zeros (pad_sequences).",
+                        },
+                        "truncating": {
+                            "type": "string",
+                            "enum": ["pre", "post"],
+                            "default": "pre",
+                            "description": ".csv of texts: which end of a longer text is cut (pad_sequences).",
                         },
                     },
                 }
@@ -127,10 +164,40 @@ def _options(fields: dict[str, str]) -> UploadOptions:
     color_mode = fields.get("color_mode", "rgb").strip()
     if color_mode not in CHANNELS:
         problems.append(item(["color_mode"], f"expected one of {', '.join(CHANNELS)}; got {color_mode!r}"))
+    text_column = fields.get("text_column", "").strip() or None
+    num_words = _whole_number(fields, "num_words", 10_000, 3, MAX_NUM_WORDS, problems)
+    maxlen = _whole_number(fields, "maxlen", 100, 1, MAX_SEQUENCE_LENGTH, problems)
+    sides: dict[str, Side] = {}
+    for side in ("padding", "truncating"):
+        value = fields.get(side, "pre").strip()
+        if value not in ("pre", "post"):
+            problems.append(item([side], f"expected 'pre' or 'post', as pad_sequences takes it; got {value[:40]!r}"))
+        sides[side] = "post" if value == "post" else "pre"
     if problems:
         raise validation_error(problems)
     mode: ColorMode = color_mode  # type: ignore[assignment]  # checked just above
-    return UploadOptions(label_column=label_column, image_size=size, color_mode=mode)
+    return UploadOptions(
+        label_column=label_column,
+        image_size=size,
+        color_mode=mode,
+        text_column=text_column,
+        num_words=num_words,
+        maxlen=maxlen,
+        padding=sides["padding"],
+        truncating=sides["truncating"],
+    )
+
+
+def _whole_number(
+    fields: dict[str, str], name: str, default: int, least: int, most: int, problems: list[ErrorItem]
+) -> int:
+    text = fields.get(name, "").strip()
+    if not text:
+        return default
+    if not text.isdigit() or not least <= int(text) <= most:
+        problems.append(item([name], f"expected a whole number from {least:,} to {most:,}; got {text[:40]!r}"))
+        return default
+    return int(text)
 
 
 class Ingests:

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from service import registry
 from service.api import links
 from service.api.deps import Limit, Offset, SessionDep, SettingsDep
-from service.api.errors import ApiError, not_found, responses
+from service.api.errors import ApiError, item, not_found, responses, validation_error
 from service.api.params import ModelId
 from service.api.schemas import ModelList, ModelRead, ModelSummary
 from service.db import ModelRow
+from service.inspection import Activations, InspectionError, Inspector, LayerWeights
+from service.serving.codecs.arrays import batch_from_json, batch_from_texts
+from service.serving.engine import ModelInfo
+from service.serving.errors import InvalidInputError
 from service.store import StoreError, verified_path
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -81,3 +86,78 @@ def download(model_id: ModelId, session: SessionDep, settings: SettingsDep) -> F
     except StoreError as exc:
         raise ApiError(500, "store_error", str(exc)) from exc
     return FileResponse(path, media_type="application/octet-stream", filename=f"{row.id}.keras")
+
+
+def _inspector(request: Request) -> Inspector:
+    inspector: Inspector | None = getattr(request.app.state, "inspector", None)
+    if inspector is None:
+        inspector = request.app.state.inspector = Inspector(request.app.state.settings.model_store)
+    return inspector
+
+
+def _refused(exc: InspectionError | InvalidInputError) -> ApiError:
+    return validation_error([item(list(exc.loc), exc.message)])
+
+
+@router.get(
+    "/{model_id}/layers/{layer_name}/weights",
+    response_model=LayerWeights,
+    responses=responses(404, 422),
+)
+def layer_weights(
+    model_id: ModelId,
+    layer_name: Annotated[str, Field(max_length=200)],
+    request: Request,
+    session: SessionDep,
+    untrained: Annotated[
+        bool, Query(description="The same layer freshly initialised, as an untrained model of the same spec has it.")
+    ] = False,
+    seed: Annotated[
+        int | None, Query(ge=0, le=2**31 - 1, description="With untrained: its initialisation seed.")
+    ] = None,
+    bins: Annotated[int, Query(ge=1, le=200, description="Histogram bins.")] = 10,
+    channel: Annotated[int, Query(ge=0, le=65_535, description="A convolution kernel's input channel to draw.")] = 0,
+) -> LayerWeights:
+    """A layer's weights as the book looks at them: each variable's shape, mean, standard deviation, range and
+    histogram; a convolution kernel also as one small image per filter. `untrained=true` answers the same for the
+    layer freshly initialised, to compare with."""
+    row = _model(session, model_id)
+    try:
+        return _inspector(request).weights(row, layer_name, untrained=untrained, bins=bins, channel=channel, seed=seed)
+    except InspectionError as exc:
+        if exc.loc == ("layer",):
+            raise ApiError(404, "not_found", exc.message, [item(["layer_name"], exc.message)]) from exc
+        raise _refused(exc) from exc
+
+
+class ActivationsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    instance: Any = Field(
+        description="One instance, as /predict takes instances: numbers of the model's input shape in the dataset's "
+        "units (its rescale is applied), or a text for a model trained on texts."
+    )
+    layers: list[Annotated[str, Field(max_length=200)]] | None = Field(
+        default=None, min_length=1, max_length=100, description="Layer names; default: every layer."
+    )
+
+
+@router.post("/{model_id}/activations", response_model=Activations, responses=responses(404, 422))
+def activations(model_id: ModelId, body: ActivationsRequest, request: Request, session: SessionDep) -> Activations:
+    """What the chosen layers output for one instance, from a sub-model that runs from the model's input to them
+    (`keras.Model(model.inputs, [layer.output, …])`); a convolution's feature maps also as one image per channel."""
+    row = _model(session, model_id)
+    info = ModelInfo.from_row(row)
+    try:
+        values = [body.instance]
+        x = batch_from_texts(values, info, "instance", ("instance",))
+        if x is None:
+            x = batch_from_json(values, info, "instance", ("instance",))
+        if info.rescale is not None:
+            x = x * info.rescale
+        from service.inspection import layer_names
+
+        names = body.layers or layer_names(row)
+        return Activations(model_id=row.id, outputs=_inspector(request).activations(row, x, names))
+    except (InspectionError, InvalidInputError) as exc:
+        raise _refused(exc) from exc

@@ -71,8 +71,15 @@ export async function render(view, { args, isCurrent }) {
     if (job.evaluation) {
       entries.push(["Held-out", Object.entries(job.evaluation).map(([k, v]) => `${k} ${fmt(v)}`).join(" · ")]);
     }
+    const training = job.training;
+    if (training) {
+      if (training.best_epoch) entries.push(["Best epoch", `${training.best_epoch} by ${training.monitor}`]);
+      entries.push(["Published epoch", String(training.published_epoch)]);
+    }
+    const stopped = job.training && job.training.stop_reason ? [el("dt", { text: "Stopped early" }), el("dd", { class: "stop-reason", "data-stop-reason": job.training.stopped_epoch ?? "", text: `at epoch ${job.training.stopped_epoch ?? job.training.epochs_run} of ${job.progress.epochs}: ${job.training.stop_reason}` })] : [];
     facts.replaceChildren(
       ...entries.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]),
+      ...stopped,
       el("dt", { text: "Trained model" }),
       el("dd", {}, job.model_id ? el("a", { href: `#/models/${job.model_id}`, text: job.model_id }) : "–"),
     );
@@ -123,6 +130,24 @@ export async function render(view, { args, isCurrent }) {
     log.push({ epoch: row.epoch, status: job.status, points: Object.fromEntries(Object.entries(charts).map(([k, c]) => [k, points(c)])) });
   }
 
+  // The epoch the published model is from (a checkpoint's best, early stopping's restored one) as a star on every
+  // curve, and where early stopping stopped as the curves' end.
+  function markEpochs(finished) {
+    const training = finished.training;
+    if (!training || !training.best_epoch) return;
+    for (const [metric, chart] of Object.entries(charts)) {
+      const source = chart.data.datasets.find((d) => d.key === "val") || chart.data.datasets.find((d) => d.key === "train");
+      const point = source && source.data.find((p) => p.x === training.best_epoch);
+      if (!point) continue;
+      const best = series(chart, "best", { label: `best epoch (${training.best_epoch})`, colourIndex: 4 });
+      Object.assign(best, { pointStyle: "star", pointRadius: 9, showLine: false });
+      addPoint(chart, best, point.x, point.y);
+      redraw(chart);
+      chart.canvas.dataset.bestEpoch = String(training.best_epoch);
+      chart.canvas.dataset.metric = metric;
+    }
+  }
+
   const stop = followJob(jobId, {
     onEpoch: addEpoch,
     onStatus: async (update) => {
@@ -130,7 +155,10 @@ export async function render(view, { args, isCurrent }) {
       showJob();
       if (["succeeded", "failed", "cancelled"].includes(update.status)) {
         job = await api(`/jobs/${jobId}`);
-        if (isCurrent()) showJob();
+        if (isCurrent()) {
+          showJob();
+          markEpochs(job);
+        }
       }
     },
     onError: (error) => problem.replaceChildren(errorBox(error)),

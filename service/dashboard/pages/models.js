@@ -2,6 +2,7 @@
 
 import { api, apiKey } from "../api.js";
 import { el, fmt, shape, when } from "../ui.js";
+import { renderInside } from "./inside.js";
 import { optimizerName } from "./job.js";
 
 export async function renderList(view) {
@@ -101,5 +102,8 @@ export async function renderOne(view, { args, isCurrent }) {
     ),
     el("details", {}, el("summary", { text: "As model.summary() prints it" }), el("pre", { text: summary.text })),
   );
+  const inside = el("div", { class: "inside" });
+  view.append(inside);
+  await renderInside(inside, model, summary);
   return null;
 }

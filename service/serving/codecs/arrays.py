@@ -35,6 +35,34 @@ def batch_from_json(values: Any, info: ModelInfo, what: str, loc: tuple[str | in
     return finite_batch(x, what, loc)
 
 
+def batch_from_texts(values: list[Any], info: ModelInfo, what: str, loc: tuple[str | int, ...]) -> FloatArray | None:
+    """Raw texts as the word indexes the model was trained on, for a model trained on a text dataset; None when
+    the instances are not texts (they are then read as numbers)."""
+    if info.text is None or not values or not isinstance(values[0], str):
+        return None
+    for index, value in enumerate(values):
+        if not isinstance(value, str):
+            raise InvalidInputError(
+                f"{what} mix texts and other values: give every instance as a text, or every one as a sequence of "
+                f"{info.text.maxlen} word indexes",
+                (*loc, index),
+            )
+    indexes = info.text.encode_all(values)
+    words = len(info.text.vocabulary)
+    if info.input_shape == (info.text.maxlen,):
+        return indexes.astype(np.float32)
+    if info.input_shape == (info.text.maxlen, words):
+        # Trained on one-hot vectors of the word indexes (dataset.one_hot).
+        out = np.zeros((*indexes.shape, words), dtype=np.float32)
+        np.put_along_axis(out, indexes[..., None].astype(np.int64), 1.0, axis=-1)
+        return out
+    raise InvalidInputError(
+        f"this model takes inputs of shape {list(info.input_shape)}, not sequences of {info.text.maxlen} word "
+        f"indexes: send them as numbers",
+        loc,
+    )
+
+
 def batch_from_npy(body: BodyBytes, info: ModelInfo, check_count: Callable[[int], None]) -> FloatArray:
     """A ``.npy`` body (numbers, shape (n, *input_shape)) as a float32 batch, without copying float32 data."""
     loc = ("body",)

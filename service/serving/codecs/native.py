@@ -13,7 +13,14 @@ import numpy as np
 import orjson
 
 from service.registry import ModelRef, parse_reference
-from service.serving.codecs.arrays import BodyBytes, FloatArray, batch_from_json, batch_from_npy, classes_of
+from service.serving.codecs.arrays import (
+    BodyBytes,
+    FloatArray,
+    batch_from_json,
+    batch_from_npy,
+    batch_from_texts,
+    classes_of,
+)
 from service.serving.codecs.shared import Answer
 from service.serving.engine import ModelInfo
 from service.serving.errors import InvalidInputError, Loc
@@ -78,6 +85,9 @@ def to_batch(request: Request, info: ModelInfo, check_count: Callable[[int], Non
     if request.npy is not None:
         return batch_from_npy(request.npy, info, check_count)
     assert request.instances is not None
+    texts = batch_from_texts(request.instances, info, "instances", ("instances",))
+    if texts is not None:
+        return texts
     return batch_from_json(request.instances, info, "instances", ("instances",))
 
 

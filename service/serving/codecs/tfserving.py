@@ -12,7 +12,7 @@ from typing import Any, Literal
 import orjson
 
 from service.serving.codecs import shared
-from service.serving.codecs.arrays import BodyBytes, FloatArray, batch_from_json
+from service.serving.codecs.arrays import BodyBytes, FloatArray, batch_from_json, batch_from_texts
 from service.serving.engine import ModelInfo
 from service.serving.errors import (
     InvalidInputError,
@@ -124,6 +124,9 @@ def _row_format(instances: Any, info: ModelInfo, check_count: Callable[[int], No
                 )
             rows.append(instance[INPUT_NAME])
         instances = rows
+    texts = batch_from_texts(instances, info, "instances", ())
+    if texts is not None:
+        return texts
     return batch_from_json(instances, info, "instances", ())
 
 
