@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     max_label_length: int = Field(default=256, ge=1, description="Longest class name (label) in an upload.")
     max_classes: int = Field(default=10_000, ge=2, description="Most classes a dataset may have.")
     max_csv_columns: int = Field(default=100_000, ge=2, description="Most columns a .csv upload may have.")
+    max_distinct_words: int = Field(
+        default=2_000_000, ge=1, description="Most distinct words counted while a .csv of texts gets its vocabulary."
+    )
     ingest_time_limit: float = Field(
         default=300.0, gt=0, description="Seconds the API may spend reading one uploaded file into a dataset."
     )

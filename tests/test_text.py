@@ -181,3 +181,81 @@ def test_one_hot_sequences_are_what_to_categorical_makes() -> None:
     assert np.array_equal(one_hot(sequences, 5), keras.utils.to_categorical(sequences, num_classes=5))
     with pytest.raises(ValueError, match="outside 0 to 3"):
         one_hot(sequences, 4)
+
+
+def ragged_npz(
+    sequences: list[list[int]], labels: list[int], test: tuple[list[list[int]], list[int]] | None = None
+) -> bytes:
+    from tests.datafiles import npz_bytes
+
+    def pair(prefix: str, rows: list[list[int]]) -> dict[str, Any]:
+        offsets = np.cumsum([0, *(len(row) for row in rows)])
+        values = np.array([v for row in rows for v in row], dtype=np.int64)
+        return {f"{prefix}_values": values, f"{prefix}_offsets": offsets}
+
+    arrays = {**pair("x_train", sequences), "y_train": np.array(labels)}
+    if test is not None:
+        arrays |= {**pair("x_test", test[0]), "y_test": np.array(test[1])}
+    return npz_bytes(**arrays)
+
+
+@pytest.mark.parametrize(
+    ("maxlen", "padding", "truncating"), [(None, "pre", "pre"), (3, "post", "pre"), (4, "pre", "post")]
+)
+def test_ragged_sequences_are_padded_as_pad_sequences_pads_them(
+    tmp_path: Any, maxlen: int | None, padding: str, truncating: str
+) -> None:
+    import keras
+
+    from service.datasets.files import IngestLimits, UploadOptions, parse_npz
+
+    train_rows, test_rows = [[5, 1, 9], [], [2, 2, 2, 2, 7]], [[3], [8, 6, 4, 2, 1, 9]]
+    path = tmp_path / "sequences.npz"
+    path.write_bytes(ragged_npz(train_rows, [0, 1, 0], (test_rows, [1, 0])))
+    options = UploadOptions(maxlen=maxlen, padding=padding, truncating=truncating)  # type: ignore[arg-type]
+    parsed = parse_npz(path, IngestLimits(), options=options)
+    longest = maxlen or 6  # without a maxlen, every split is padded to the longest sequence of any
+    for rows, ours in ((train_rows, parsed.x_train), (test_rows, parsed.x_test)):
+        expected = keras.utils.pad_sequences(rows, maxlen=longest, padding=padding, truncating=truncating)
+        assert ours is not None
+        assert ours.dtype == np.int32
+        assert np.array_equal(ours, expected)
+
+
+def test_ragged_uploads_train_and_bad_offsets_are_refused(client: TestClient) -> None:
+    rng = np.random.default_rng(1)
+    rows = [[int(v) for v in rng.integers(1, 30, size=int(rng.integers(1, 12)))] for _ in range(60)]
+    labels = [int(sum(row) % 2) for row in rows]
+    status, dataset = upload(client, "sequences.npz", ragged_npz(rows, labels), maxlen="10")
+    assert status == 201, dataset
+    assert dataset["x_shape"] == [60, 10]
+    assert dataset["dtype"] == "int32"
+    assert dataset["options"] == {"maxlen": 10, "padding": "pre", "truncating": "pre"}
+    body = {
+        "model": {
+            "input_shape": [10],
+            "layers": [
+                {"type": "embedding", "input_dim": 30, "output_dim": 4},
+                {"type": "global_average_pooling1d"},
+                {"type": "dense", "units": 2, "activation": "softmax"},
+            ],
+        },
+        "compile": {"optimizer": "adam"},
+        "dataset": {"id": dataset["dataset_id"]},
+        "fit": {"epochs": 2, "batch_size": 16},
+    }
+    job = train(client, body)
+    assert job["status"] == "succeeded", job["error"]
+
+    from tests.datafiles import npz_bytes
+
+    broken = npz_bytes(x_train_values=np.arange(5), x_train_offsets=np.array([0, 2, 4]), y_train=np.array([0, 1]))
+    status, error = upload(client, "broken.npz", broken)
+    assert status == 422, error
+    assert (
+        "x_train_offsets must start at 0, never decrease and end at the length of x_train_values (5)"
+        in (error["error"]["message"])
+    )
+    status, error = upload(client, "half.npz", npz_bytes(x_train_values=np.arange(5), y_train=np.array([0])))
+    assert status == 422, error
+    assert "only one of 'x_train_values' and 'x_train_offsets'" in error["error"]["message"]

@@ -142,6 +142,7 @@ def ingest_limits(settings: Settings, quota_left: int | None = None) -> IngestLi
         max_label_length=settings.max_label_length,
         max_classes=settings.max_classes,
         max_csv_columns=settings.max_csv_columns,
+        max_distinct_words=settings.max_distinct_words,
         seconds=settings.ingest_time_limit,
         quota_left=quota_left,
     )

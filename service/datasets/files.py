@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import array
 import csv
+import dataclasses
 import io
 import itertools
 import math
@@ -28,9 +29,10 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from service.datasets.builtin import IntArray, NumberArray
-from service.datasets.text import Side, TextEncoding, vocabulary, words
+from service.datasets.text import Side, TextEncoding, pad, vocabulary, words
 
 Kind = Literal["npz", "csv", "images"]
 ColorMode = Literal["grayscale", "rgb", "rgba"]
@@ -46,6 +48,8 @@ MAX_NPY_HEADER = 65_535
 BLOCK_BYTES = 4 * 1024 * 1024
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 READABLE_COMPRESSION = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
+# Words a text is cut or padded to when the upload does not say.
+TEXT_MAXLEN = 100
 
 
 class DatasetFileError(Exception):
@@ -114,9 +118,14 @@ class UploadOptions:
     # A .csv of texts: the column that holds them, and how they become sequences (``service.datasets.text``).
     text_column: str | None = None
     num_words: int = 10_000
-    maxlen: int = 100
+    # None: texts are cut to 100 words, ragged sequences padded to the longest, as pad_sequences does.
+    maxlen: int | None = None
     padding: Side = "pre"
     truncating: Side = "pre"
+
+    @property
+    def sequence_options(self) -> dict[str, Any]:
+        return {"maxlen": self.maxlen, "padding": self.padding, "truncating": self.truncating}
 
     def for_kind(self, kind: Kind) -> dict[str, Any]:
         if kind == "csv" and self.text_column is not None:
@@ -124,15 +133,15 @@ class UploadOptions:
                 "label_column": self.label_column,
                 "text_column": self.text_column,
                 "num_words": self.num_words,
-                "maxlen": self.maxlen,
-                "padding": self.padding,
-                "truncating": self.truncating,
+                **self.sequence_options,
+                "maxlen": self.maxlen or TEXT_MAXLEN,
             }
         if kind == "csv":
             return {"label_column": self.label_column}
         if kind == "images":
             return {"image_size": list(self.image_size), "color_mode": self.color_mode}
-        return {}
+        # A .npz: only ragged sequences are shaped by these, and only when they are given.
+        return {} if self.sequence_options == UploadOptions().sequence_options else self.sequence_options
 
 
 @dataclass
@@ -160,7 +169,7 @@ def parse(path: Path, kind: Kind, options: UploadOptions, limits: IngestLimits) 
     """Read and check a dataset file within ``limits``."""
     deadline = Deadline(limits.seconds)
     if kind == "npz":
-        return parse_npz(path, limits, deadline)
+        return parse_npz(path, limits, deadline, options)
     if kind == "csv" and options.text_column is not None:
         return parse_text_csv(path, options, limits, deadline)
     if kind == "csv":
@@ -347,12 +356,18 @@ def _decode_into(zf: zipfile.ZipFile, header: NpyHeader, out: np.ndarray[Any, An
         out[...] = storage
 
 
-def parse_npz(path: Path, limits: IngestLimits, deadline: Deadline | None = None) -> ParsedDataset:
+def parse_npz(
+    path: Path, limits: IngestLimits, deadline: Deadline | None = None, options: UploadOptions | None = None
+) -> ParsedDataset:
     """``x``/``y``, or ``x_train``/``y_train`` with optional ``x_test``/``y_test``; optional ``class_names``.
+    Sequences of different lengths come as ``<x>_values`` (every sequence's integers, one after another) and
+    ``<x>_offsets`` (where each starts, and the end: rows + 1 of them), and are padded as ``pad_sequences`` pads
+    them (``maxlen``, ``padding``, ``truncating``).
 
     Arrays of Python objects are refused, never unpickled; every array's size is known from its header before
     any of it is decoded."""
     deadline = deadline or Deadline(limits.seconds)
+    options = options or UploadOptions()
     with open_zip(path, ".npz file (a zip of .npy arrays)", limits) as zf:
         headers: dict[str, NpyHeader] = {}
         for info in zf.infolist():
@@ -362,6 +377,7 @@ def parse_npz(path: Path, limits: IngestLimits, deadline: Deadline | None = None
                 raise DatasetFileError(f"{quoted(info.filename)} in the .npz is not a .npy array")
             name = info.filename[: -len(".npy")]
             headers[name] = read_npy_header(zf, info, name)
+        ragged = _ragged(zf, headers, options, limits, deadline)
         keys, has_test = _layout(set(headers))
         x_name, y_name = keys
         x_header, y_header = headers[x_name], headers[y_name]
@@ -387,20 +403,103 @@ def parse_npz(path: Path, limits: IngestLimits, deadline: Deadline | None = None
                 f"(TRAINSERVE_MAX_DATASET_BYTES: {limits.max_stored_bytes:,})",
                 status=413,
             )
-        x_dtype = _stored_dtype(x_header.dtype)
+        x_dtype = np.int32 if ragged else _stored_dtype(x_header.dtype)
         stored = sum(
             h.count * np.dtype(x_dtype).itemsize if h.name.startswith("x") else h.shape[0] * 8
             for h in (x_header, y_header, *(test or ()))
         )
         limits.check_stored("the .npz", stored)
 
-        x_train = _read_inputs(zf, x_header, x_dtype, deadline)
-        x_test = _read_inputs(zf, test[0], x_dtype, deadline) if test else None
+        x_train = ragged[x_name].read() if x_name in ragged else _read_inputs(zf, x_header, x_dtype, deadline)
+        if test is None:
+            x_test = None
+        else:
+            x_test = ragged["x_test"].read() if "x_test" in ragged else _read_inputs(zf, test[0], x_dtype, deadline)
         labels = LabelEncoder(limits, class_names)
         y_train = labels.read_member(zf, y_header, deadline)
         y_test = labels.read_member(zf, test[1], deadline) if test else None
     y_train, y_test, num_classes, names = labels.finish(y_train, y_test, y_name)
     return ParsedDataset(x_train, y_train, x_test, y_test, num_classes, names)
+
+
+@dataclass
+class RaggedSequences:
+    """Sequences of different lengths (values + offsets), to be padded as ``pad_sequences`` pads them."""
+
+    zf: zipfile.ZipFile
+    values: NpyHeader
+    offsets: npt.NDArray[np.int64]
+    maxlen: int
+    padding: Side
+    truncating: Side
+    deadline: Deadline
+
+    def read(self) -> NumberArray:
+        values = np.empty(self.values.shape, dtype=np.int64)
+        _decode_into(self.zf, self.values, values, self.deadline)
+        if values.size and values.min() < 0:
+            raise DatasetFileError(f"{self.values.name} holds negative word indexes ({int(values.min())})")
+        if values.size and values.max() > np.iinfo(np.int32).max:
+            raise DatasetFileError(f"{self.values.name} holds indexes beyond int32 ({int(values.max())})")
+        rows = len(self.offsets) - 1
+        out: NumberArray = np.zeros((rows, self.maxlen), dtype=np.int32)
+        for row in range(rows):
+            if row % 10_000 == 0:
+                self.deadline.check()
+            start, end = int(self.offsets[row]), int(self.offsets[row + 1])
+            out[row] = pad(values[start:end].tolist(), self.maxlen, self.padding, self.truncating)
+        return out
+
+
+def _ragged(
+    zf: zipfile.ZipFile,
+    headers: dict[str, NpyHeader],
+    options: UploadOptions,
+    limits: IngestLimits,
+    deadline: Deadline,
+) -> dict[str, RaggedSequences]:
+    """The ragged inputs of a .npz (``x_values`` + ``x_offsets``, and the same for ``x_train`` and ``x_test``),
+    each replaced in ``headers`` by the header of the padded array it becomes."""
+    pairs: list[tuple[str, NpyHeader, NpyHeader, npt.NDArray[np.int64]]] = []
+    for base in ("x", "x_train", "x_test"):
+        values, offsets = headers.get(f"{base}_values"), headers.get(f"{base}_offsets")
+        if values is None and offsets is None:
+            continue
+        if values is None or offsets is None:
+            raise DatasetFileError(f"the .npz has only one of '{base}_values' and '{base}_offsets'; give both")
+        if base in headers:
+            raise DatasetFileError(f"the .npz has both {base!r} and '{base}_values'; keep one of the two layouts")
+        for header in (values, offsets):
+            if header.dtype.kind not in "iu" or len(header.shape) != 1:
+                raise DatasetFileError(f"{header.name} must be a 1-D array of integers; got {header.describe()}")
+        if offsets.shape[0] < 2:
+            raise DatasetFileError(
+                f"{offsets.name} needs rows + 1 offsets, at least 2: where each sequence starts, then the end"
+            )
+        limits.check_stored("the .npz", offsets.nbytes)
+        starts = np.empty(offsets.shape, dtype=np.int64)
+        _decode_into(zf, offsets, starts, deadline)
+        if starts[0] != 0 or starts[-1] != values.shape[0] or (np.diff(starts) < 0).any():
+            raise DatasetFileError(
+                f"{offsets.name} must start at 0, never decrease and end at the length of {values.name} "
+                f"({values.shape[0]:,}); it runs from {int(starts[0])} to {int(starts[-1])}"
+            )
+        pairs.append((base, values, offsets, starts))
+    if not pairs:
+        return {}
+    if "x_test" in headers and "x_test" not in {base for base, *_ in pairs}:
+        raise DatasetFileError("x_train holds ragged sequences but x_test does not; give both as values + offsets")
+    # Every split padded to one length: the request's, or the longest sequence of any split.
+    maxlen = options.maxlen or max(1, *(int(np.diff(starts).max()) for *_, starts in pairs))
+    rows = sum(offsets.shape[0] - 1 for _, _, offsets, _ in pairs)
+    limits.check_stored("the padded sequences", rows * maxlen * 4)
+    found: dict[str, RaggedSequences] = {}
+    for base, values, offsets, starts in pairs:
+        found[base] = RaggedSequences(zf, values, starts, maxlen, options.padding, options.truncating, deadline)
+        del headers[values.name], headers[offsets.name]
+        shape = (offsets.shape[0] - 1, maxlen)
+        headers[base] = dataclasses.replace(values, name=base, shape=shape, dtype=np.dtype(np.int32))
+    return found
 
 
 def _layout(names: set[str]) -> tuple[tuple[str, str], bool]:
@@ -745,7 +844,8 @@ def parse_text_csv(
     labels = array.array("q")
     encoder = LabelEncoder(limits, None)
     counts: Counter[str] = Counter()
-    row_bytes = options.maxlen * 4 + 8
+    maxlen = options.maxlen or TEXT_MAXLEN
+    row_bytes = maxlen * 4 + 8
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
@@ -769,11 +869,9 @@ def parse_text_csv(
                 limits.check_stored("the .csv", len(labels) * row_bytes)
             if not labels:
                 raise DatasetFileError("the .csv has a header but no rows")
-            encoding = TextEncoding(
-                vocabulary(counts, options.num_words), options.maxlen, options.padding, options.truncating
-            )
+            encoding = TextEncoding(vocabulary(counts, options.num_words), maxlen, options.padding, options.truncating)
             del counts
-            x: NumberArray = np.zeros((len(labels), options.maxlen), dtype=np.int32)
+            x: NumberArray = np.zeros((len(labels), maxlen), dtype=np.int32)
             f.seek(0)
             reader = csv.reader(f)
             next(reader)

@@ -99,20 +99,22 @@ UPLOAD_FORM: dict[str, Any] = {
                         "maxlen": {
                             "type": "string",
                             "pattern": "^[0-9]+$",
-                            "default": "100",
-                            "description": f".csv of texts: words per sequence, 1 to {MAX_SEQUENCE_LENGTH:,}.",
+                            "description": f".csv of texts: words per sequence (default 100); .npz of ragged "
+                            f"sequences: their padded length (default: the longest); 1 to {MAX_SEQUENCE_LENGTH:,}.",
                         },
                         "padding": {
                             "type": "string",
                             "enum": ["pre", "post"],
                             "default": "pre",
-                            "description": ".csv of texts: where shorter texts get their zeros (pad_sequences).",
+                            "description": ".csv of texts, .npz of ragged sequences: where shorter ones get their "
+                            "zeros (pad_sequences).",
                         },
                         "truncating": {
                             "type": "string",
                             "enum": ["pre", "post"],
                             "default": "pre",
-                            "description": ".csv of texts: which end of a longer text is cut (pad_sequences).",
+                            "description": ".csv of texts, .npz of ragged sequences: which end of a longer one is "
+                            "cut (pad_sequences).",
                         },
                     },
                 }
@@ -166,7 +168,7 @@ def _options(fields: dict[str, str]) -> UploadOptions:
         problems.append(item(["color_mode"], f"expected one of {', '.join(CHANNELS)}; got {color_mode!r}"))
     text_column = fields.get("text_column", "").strip() or None
     num_words = _whole_number(fields, "num_words", 10_000, 3, MAX_NUM_WORDS, problems)
-    maxlen = _whole_number(fields, "maxlen", 100, 1, MAX_SEQUENCE_LENGTH, problems)
+    maxlen = _whole_number(fields, "maxlen", 0, 1, MAX_SEQUENCE_LENGTH, problems) or None
     sides: dict[str, Side] = {}
     for side in ("padding", "truncating"):
         value = fields.get(side, "pre").strip()
