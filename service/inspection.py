@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -226,6 +227,25 @@ class Inspector:
                 )
             )
         return answers
+
+
+# Bytes of the JSON answer per output value (a float32 as text, with its comma) and per image pixel (a PNG as base64
+# is at most its raw pixels and a third), and around each layer's answer.
+VALUE_BYTES = 16
+PIXEL_BYTES = 2
+LAYER_BYTES = 500
+
+
+def answer_bytes(row: ModelRow, names: Sequence[str]) -> int:
+    """About how large the answer of ``activations`` for these layers is, from the shapes the summary recorded;
+    unknown names count nothing (they are refused)."""
+    shapes = {str(layer["name"]): layer["output_shape"][1:] for layer in row.summary.get("layers", [])}
+    total = 0
+    for name in names:
+        shape = [int(d or 1) for d in shapes.get(name, [])]
+        values = math.prod(shape) if shape else 0
+        total += LAYER_BYTES + values * VALUE_BYTES + (values * PIXEL_BYTES if len(shape) == 3 else 0)
+    return total
 
 
 def layer_names(row: ModelRow) -> list[str]:

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sklearn.datasets import load_digits
 
+from service.settings import Settings
 from tests.conftest import train
 
 pytestmark = pytest.mark.slow
@@ -156,3 +157,24 @@ def test_what_the_model_does_not_have_is_refused(client: TestClient, cnn: tuple[
     channel = client.get(f"/models/{record['model_id']}/layers/conv2d/weights", params={"channel": 1})
     assert channel.status_code == 422, channel.text
     assert channel.json()["error"]["errors"][0]["path"] == "channel"
+
+
+def test_outputs_larger_than_an_answer_may_be_are_refused_before_the_model_runs(
+    settings: Settings, cnn: tuple[dict[str, Any], Any]
+) -> None:
+    from service.api.app import create_app
+
+    record, _ = cnn
+    small = settings.model_copy(update={"max_response_bytes": 5_000})
+    with TestClient(create_app(small)) as api:
+        url = f"/models/{record['model_id']}/activations"
+        digit = load_digits().images[0].tolist()
+        refused = api.post(url, json={"instance": digit, "layers": ["conv2d", "dense"]})
+        assert refused.status_code == 422, refused.text
+        error = refused.json()["error"]["errors"][0]
+        assert error["path"] == "layers"
+        assert (
+            "more than this service sends (TRAINSERVE_MAX_RESPONSE_BYTES: 5,000); ask for fewer layers"
+            in (error["message"])
+        )
+        assert api.post(url, json={"instance": digit, "layers": ["dense"]}).status_code == 200

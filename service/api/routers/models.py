@@ -15,7 +15,7 @@ from service.api.errors import ApiError, item, not_found, responses, validation_
 from service.api.params import ModelId
 from service.api.schemas import ModelList, ModelRead, ModelSummary
 from service.db import ModelRow
-from service.inspection import Activations, InspectionError, Inspector, LayerWeights
+from service.inspection import Activations, InspectionError, Inspector, LayerWeights, answer_bytes, layer_names
 from service.serving.codecs.arrays import batch_from_json, batch_from_texts
 from service.serving.engine import ModelInfo
 from service.serving.errors import InvalidInputError
@@ -95,6 +95,22 @@ def _inspector(request: Request) -> Inspector:
     return inspector
 
 
+def check_answer_size(row: ModelRow, names: list[str], limit: int) -> None:
+    """Refuse, before the model runs, outputs whose answer would be larger than the service sends."""
+    size = answer_bytes(row, names)
+    if size > limit:
+        raise validation_error(
+            [
+                item(
+                    ["layers"],
+                    f"the outputs of {len(names)} layer{'s' if len(names) != 1 else ''} would make an answer of about "
+                    f"{size:,} bytes, more than this service sends (TRAINSERVE_MAX_RESPONSE_BYTES: {limit:,}); ask "
+                    f"for fewer layers",
+                )
+            ]
+        )
+
+
 def _refused(exc: InspectionError | InvalidInputError) -> ApiError:
     return validation_error([item(list(exc.loc), exc.message)])
 
@@ -150,14 +166,13 @@ def activations(model_id: ModelId, body: ActivationsRequest, request: Request, s
     info = ModelInfo.from_row(row)
     try:
         values = [body.instance]
-        x = batch_from_texts(values, info, "instance", ("instance",))
+        x = batch_from_texts(values, info, "instances", ("instance",))
         if x is None:
-            x = batch_from_json(values, info, "instance", ("instance",))
+            x = batch_from_json(values, info, "instances", ("instance",))
         if info.rescale is not None:
             x = x * info.rescale
-        from service.inspection import layer_names
-
         names = body.layers or layer_names(row)
+        check_answer_size(row, names, request.app.state.settings.max_response_bytes)
         return Activations(model_id=row.id, outputs=_inspector(request).activations(row, x, names))
     except (InspectionError, InvalidInputError) as exc:
         raise _refused(exc) from exc
