@@ -37,7 +37,8 @@ def test_train_poll_predict_summary_on_digits(client: TestClient) -> None:
     assert job["created_at"] <= job["started_at"] <= job["finished_at"]
     assert [row["epoch"] for row in job["history"]] == [1, 2, 3, 4]
     for row in job["history"]:
-        assert set(row) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy"}
+        assert set(row) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"}
+        assert row["learning_rate"] == pytest.approx(0.001)  # Adam's default, the epoch's rate
     assert job["history"][-1]["loss"] < job["history"][0]["loss"]
     # test_size=0.2 in the example: a held-out split evaluated after training
     assert set(job["evaluation"]) == {"loss", "accuracy"}

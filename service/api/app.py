@@ -27,6 +27,7 @@ from service.api.observability import Metrics, MetricsMiddleware
 from service.api.prediction_lane import PredictionLane, lane_routes
 from service.api.routers import (
     dashboard,
+    dataset_files,
     datasets,
     examples,
     health,
@@ -116,7 +117,20 @@ def create_app(settings: Settings | None = None) -> TrainServeApp:
     errors.install(app)
     routers = [
         module.router
-        for module in (predict, tfserving, v2, train, jobs, job_events, models, datasets, examples, health, metrics)
+        for module in (
+            predict,
+            tfserving,
+            v2,
+            train,
+            jobs,
+            job_events,
+            models,
+            datasets,
+            dataset_files,
+            examples,
+            health,
+            metrics,
+        )
     ]
     routers.append(dashboard.router)  # `/` and the dashboard's files
     for router in routers:

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from typing import Annotated, Literal
+from urllib.parse import quote
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
-from service import jobs
+from service import jobs, script
 from service.api import links
 from service.api.deps import Limit, Offset, SessionDep, SettingsDep
 from service.api.errors import ApiError, item, not_found, responses, validation_error
 from service.api.params import JobId
 from service.api.schemas import JobList, JobRead
+from service.datasets import catalogue
+from service.datasets.builtin import BUILTIN_DATASETS
 from service.db import JobStatus
+from service.spec import TrainRequest
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -89,3 +93,47 @@ def cancel_job(job_id: JobId, session: SessionDep, response: Response) -> JobRea
         response.status_code = 202
     history = jobs.job_history(session=session, job_ids=[job.id])
     return JobRead.from_row(job, history[job.id])
+
+
+PYTHON = "text/x-python; charset=utf-8"
+
+
+def attachment(name: str, suffix: str) -> str:
+    """A Content-Disposition for a file called ``name + suffix``: the name as it is when it is plain ASCII, else
+    in RFC 6266's UTF-8 form beside an ASCII stand-in."""
+    plain = "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in name)
+    header = f'attachment; filename="{plain}{suffix}"'
+    if plain != name:
+        header += f"; filename*=UTF-8''{quote(name + suffix, safe='')}"
+    return header
+
+
+@router.get(
+    "/{job_id}/script",
+    response_class=Response,
+    responses={**responses(404), 200: {"content": {"text/x-python": {}}, "description": "A Python file."}},
+)
+def get_script(job_id: JobId, session: SessionDep, request: Request) -> Response:
+    """The job as a plain Keras script, the code a learner would write for it: the same data and splits, model,
+    compile and fit options, in the order the worker runs them. Seeded, it gives the job's numbers. An uploaded
+    dataset is read from a `dataset.npz` beside it, which its first lines say how to download."""
+    job = jobs.get_job(session=session, job_id=job_id)
+    if job is None:
+        raise not_found("job", job_id)
+    spec = TrainRequest.model_validate(job.spec)
+    if spec.dataset.name is not None:
+        test_split = BUILTIN_DATASETS[spec.dataset.name].test_rows > 0
+    else:
+        assert spec.dataset.id is not None
+        row = catalogue.get_dataset(session=session, dataset_id=spec.dataset.id)
+        # A deleted upload: it had a test split if the job evaluated one it did not hold out itself.
+        own = job.evaluation is not None and spec.dataset.test_size is None
+        test_split = "test" in row.splits if row is not None else own
+    text = script.render(
+        spec,
+        execution=job.execution,
+        dataset_url=str(request.base_url).rstrip("/"),
+        job_id=job.id,
+        test_split=test_split,
+    )
+    return Response(text, media_type=PYTHON, headers={"Content-Disposition": attachment(job.name or job.id, ".py")})
