@@ -100,7 +100,7 @@ def test_csv_with_text_labels_trains_a_binary_classifier(client: TestClient) -> 
     status, dataset = upload(client, "mail.csv", csv_bytes(["links", "length", "kind"], rows), label_column="kind")
     assert status == 201, dataset
     assert dataset["class_names"] == ["ham", "spam"]
-    body = _request({"id": dataset["dataset_id"], "test_size": 0.25, "random_state": 0}, [2], 1)
+    body = _request({"id": dataset["dataset_id"], "test_size": 0.25, "random_state": 0, "stratify": True}, [2], 1)
     body["compile"]["loss"] = "binary_crossentropy"
     job = train(client, body)
     assert job["status"] == "succeeded", job["error"]

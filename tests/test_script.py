@@ -18,6 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service import script
+from service.examples import all_examples
 from service.settings import Settings
 from service.spec import (
     CALLBACK_TYPES,
@@ -588,3 +589,22 @@ def test_the_script_of_a_one_hot_rnn_on_uploaded_texts(client: TestClient, tmp_p
     printed = _run(text, tmp_path, keras_cache)
     largest = _assert_same_numbers(job, printed)
     print(f"one-hot rnn: largest difference {largest:.3g}")
+
+
+@pytest.mark.parametrize("stem", sorted(all_examples()))
+def test_every_examples_summary_is_the_one_its_plain_keras_prints(stem: str) -> None:
+    """Each example's model, built by the service and by the plain Keras its script writes, prints one summary
+    (the title aside: the script names the model as TensorFlow runs it)."""
+    from service.keras_build import build_model, summarize
+
+    request = TrainRequest.model_validate(all_examples()[stem])
+    text = script.render(request, execution=None, dataset_url="http://localhost:8000")
+    model_code = text[text.index("model = keras.Sequential") : text.index("model.summary()")]
+    keras.backend.clear_session()
+    namespace: dict[str, Any] = {"keras": keras}
+    exec(model_code, namespace)  # the script's own model-building lines, nothing else
+    printed: list[str] = []
+    namespace["model"].summary(print_fn=lambda line, **_: printed.append(line))
+    keras.backend.clear_session()
+    ours = summarize(build_model(request.model))["text"]
+    assert "".join(printed).split("\n", 1)[1] == ours.split("\n", 1)[1]

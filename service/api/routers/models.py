@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, PlainTextResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.orm import Session
 
 from service import registry
 from service.api import links
 from service.api.deps import Limit, Offset, SessionDep, SettingsDep
-from service.api.errors import ApiError, item, not_found, responses, validation_error
+from service.api.errors import (
+    ApiError,
+    invalid_body,
+    item,
+    not_found,
+    parse_json_body,
+    responses,
+    validation_error,
+)
 from service.api.params import ModelId
 from service.api.schemas import ModelList, ModelRead, ModelSummary
 from service.db import ModelRow
@@ -122,7 +133,7 @@ def _refused(exc: InspectionError | InvalidInputError) -> ApiError:
 )
 def layer_weights(
     model_id: ModelId,
-    layer_name: Annotated[str, Field(max_length=200)],
+    layer_name: Annotated[str, Path(max_length=200, description="The layer's name, as the summary shows it.")],
     request: Request,
     session: SessionDep,
     untrained: Annotated[
@@ -149,19 +160,41 @@ def layer_weights(
 class ActivationsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    instance: Any = Field(
+    instance: list[Any] | str = Field(
         description="One instance, as /predict takes instances: numbers of the model's input shape in the dataset's "
         "units (its rescale is applied), or a text for a model trained on texts."
     )
-    layers: list[Annotated[str, Field(max_length=200)]] | None = Field(
+    layers: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
         default=None, min_length=1, max_length=100, description="Layer names; default: every layer."
     )
 
 
-@router.post("/{model_id}/activations", response_model=Activations, responses=responses(404, 422))
-def activations(model_id: ModelId, body: ActivationsRequest, request: Request, session: SessionDep) -> Activations:
+ACTIVATIONS_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": ActivationsRequest.model_json_schema()}},
+    }
+}
+
+
+@router.post(
+    "/{model_id}/activations",
+    response_model=Activations,
+    responses=responses(404, 422),
+    openapi_extra=ACTIVATIONS_BODY,
+)
+async def activations(model_id: ModelId, request: Request, session: SessionDep) -> Activations:
     """What the chosen layers output for one instance, from a sub-model that runs from the model's input to them
     (`keras.Model(model.inputs, [layer.output, …])`); a convolution's feature maps also as one image per channel."""
+    raw = parse_json_body(await request.body())
+    try:
+        body = ActivationsRequest.model_validate(raw)
+    except ValidationError as exc:
+        raise invalid_body(exc, raw) from exc
+    return await run_in_threadpool(partial(_activations, model_id, body, request, session))
+
+
+def _activations(model_id: str, body: ActivationsRequest, request: Request, session: Session) -> Activations:
     row = _model(session, model_id)
     info = ModelInfo.from_row(row)
     try:
