@@ -138,18 +138,19 @@ def _small_job() -> dict[str, Any]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)  # ninety trainings: the same bound as the jobs' own deadline in _run_jobs
-def test_ninety_jobs_leave_the_worker_as_they_found_it(soak: tuple[TestClient, psutil.Process]) -> None:
+@pytest.mark.timeout(600)  # sixty trainings: the same bound as the jobs' own deadline in _run_jobs
+def test_sixty_jobs_leave_the_worker_as_they_found_it(soak: tuple[TestClient, psutil.Process]) -> None:
+    # 4 MiB a job, as the growth was, would be 160 MiB over the last forty: far past the 10% this allows.
     client, worker = soak
     warm = _run_jobs(client, 20, _small_job())
     assert all(job["status"] == "succeeded" for job in warm)
     pids = {job["worker"] for job in warm}
     after_warm_up = _pool_rss(worker)
-    rest = _run_jobs(client, 70, _small_job())
+    rest = _run_jobs(client, 40, _small_job())
     assert all(job["status"] == "succeeded" for job in rest)
     assert {job["worker"] for job in rest} == pids, "one pool process ran them all: nothing was recycled"
     after = _pool_rss(worker)
-    print(f"\npool process after 20 jobs: {after_warm_up / MIB:.0f} MiB, after 90: {after / MIB:.0f} MiB")
+    print(f"\npool process after 20 jobs: {after_warm_up / MIB:.0f} MiB, after 60: {after / MIB:.0f} MiB")
     assert after <= after_warm_up * 1.10
 
 
