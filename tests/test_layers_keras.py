@@ -3,12 +3,14 @@ the Keras layer a learner's script would write, with Keras' own defaults, parame
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, get_args
 
 import keras
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from service.api.errors import invalid_body
@@ -25,7 +27,7 @@ from service.keras_build import (
     summarize,
 )
 from service.spec import LAYER_TYPES, CompileSpec, Layer, LayerSpec, ModelSpec, TrainRequest
-from tests.conftest import chapter_request, printed_summary
+from tests.conftest import chapter_request, printed_summary, train
 
 layers = keras.layers
 
@@ -511,3 +513,49 @@ def test_the_schema_says_where_the_input_goes() -> None:
     assert not validator.is_valid({**base, "model": {"layers": body["layers"][:1]}})
     later = {"input_shape": [8, 8, 1], "layers": [body["layers"][1], body["layers"][0]]}
     assert not validator.is_valid({**base, "model": later})
+
+
+# --- in the worker ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_every_new_layer_family_trains_in_the_worker(client: TestClient) -> None:
+    """Convolutions and pooling in one and two dimensions, global pooling and a bidirectional recurrent layer,
+    trained by the real worker on digits (as 8×8×1 images, and as 8 steps of 8 features); embeddings and the other
+    recurrent layers train in tests/test_text.py."""
+    images: list[dict[str, Any]] = [
+        {"type": "conv2d", "filters": 8, "kernel_size": 3, "padding": "same", "activation": "relu"},
+        {"type": "average_pooling2d", "pool_size": 2},
+        {"type": "conv2d", "filters": 8, "kernel_size": [3, 3], "padding": "same", "dilation_rate": 2},
+        {"type": "global_average_pooling2d"},
+    ]
+    images_max: list[dict[str, Any]] = [
+        {"type": "conv2d", "filters": 8, "kernel_size": 3},
+        {"type": "global_max_pooling2d"},
+    ]
+    steps: list[dict[str, Any]] = [
+        {"type": "conv1d", "filters": 16, "kernel_size": 3, "padding": "causal", "activation": "relu"},
+        {"type": "max_pooling1d", "pool_size": 2},
+        {"type": "average_pooling1d", "pool_size": 2},
+        {"type": "bidirectional", "layer": {"type": "gru", "units": 8, "return_sequences": True}},
+        {"type": "global_max_pooling1d"},
+    ]
+    cases: list[tuple[list[dict[str, Any]], list[int] | None]] = [
+        (images, [8, 8, 1]),
+        (images_max, [8, 8, 1]),
+        (steps, None),
+    ]
+    for layers, reshape in cases:
+        body = chapter_request(epochs=2)
+        body["model"] = {
+            "input_shape": reshape or [8, 8],
+            "layers": [*layers, {"type": "dense", "units": 10, "activation": "softmax"}],
+        }
+        if reshape:
+            body["dataset"]["reshape"] = reshape
+        job = train(client, body)
+        assert job["status"] == "succeeded", (layers, job["error"])
+        summary = client.get(f"/models/{job['model_id']}/summary").json()
+        # Keras' class of each: conv1d is Conv1D, global_max_pooling1d is GlobalMaxPooling1D, …
+        expected = [re.sub(r"(\d)d$", r"\1D", layer["type"].title().replace("_", "")) for layer in layers]
+        assert [layer["type"] for layer in summary["layers"]][:-1] == expected

@@ -781,14 +781,7 @@ def parse_csv(path: Path, label_column: str, limits: IngestLimits, deadline: Dea
             if len(header) < 2:
                 raise DatasetFileError("the .csv has only the label column; it needs at least one feature column")
             row_bytes = (len(header) - 1) * 4 + 8
-            for row in reader:
-                line = reader.line_num
-                if line % 1000 == 0:
-                    deadline.check()
-                if not any(cell.strip() for cell in row):
-                    continue
-                if len(row) != len(header):
-                    raise DatasetFileError(f"line {line} has {len(row)} fields; the header has {len(header)}")
+            for line, row in _rows(reader, len(header), deadline):
                 for i, cell in enumerate(row):
                     if i == label_index:
                         labels.append(_csv_label(cell, label_column, line, encoder, limits))
@@ -803,6 +796,19 @@ def parse_csv(path: Path, label_column: str, limits: IngestLimits, deadline: Dea
     require_finite(x, "x")
     y, _, num_classes, class_names = encoder.finish(np.frombuffer(labels, dtype=np.int64), None, "y")
     return ParsedDataset(x, y, None, None, num_classes, class_names)
+
+
+def _rows(reader: Any, width: int, deadline: Deadline) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of each row with something in it, every one as wide as the header."""
+    for row in reader:
+        line = reader.line_num
+        if line % 1000 == 0:
+            deadline.check()
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != width:
+            raise DatasetFileError(f"line {line} has {len(row)} fields; the header has {width}")
+        yield line, row
 
 
 def _csv_label(cell: str, column: str, line: int, encoder: LabelEncoder, limits: IngestLimits) -> int:
@@ -850,14 +856,7 @@ def parse_text_csv(
         with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             text_index, label_index, width = _text_header(next(reader, []), options, limits)
-            for row in reader:
-                line = reader.line_num
-                if line % 1000 == 0:
-                    deadline.check()
-                if not any(cell.strip() for cell in row):
-                    continue
-                if len(row) != width:
-                    raise DatasetFileError(f"line {line} has {len(row)} fields; the header has {width}")
+            for line, row in _rows(reader, width, deadline):
                 labels.append(_csv_label(row[label_index], options.label_column, line, encoder, limits))
                 counts.update(words(row[text_index]))
                 if len(counts) > limits.max_distinct_words:
@@ -875,14 +874,8 @@ def parse_text_csv(
             f.seek(0)
             reader = csv.reader(f)
             next(reader)
-            row_number = 0
-            for row in reader:
-                if reader.line_num % 1000 == 0:
-                    deadline.check()
-                if not any(cell.strip() for cell in row):
-                    continue
+            for row_number, (_, row) in enumerate(_rows(reader, width, deadline)):
                 x[row_number] = encoding.encode(row[text_index])
-                row_number += 1
     except (csv.Error, UnicodeDecodeError) as exc:
         raise DatasetFileError(f"not a readable UTF-8 .csv file: {_first_line(exc)}") from exc
     y, _, num_classes, class_names = encoder.finish(np.frombuffer(labels, dtype=np.int64), None, "y")
