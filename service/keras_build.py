@@ -145,6 +145,7 @@ def estimate(spec: ModelSpec) -> ShapeEstimate | None:
     shape: tuple[int | None, ...] = (None, *spec.input_shape)
     params = 0
     outputs: list[tuple[int | None, ...]] = []
+    steps = 0
     complete = False
     for layer_spec in spec.layers:
         if _rank_problem(layer_spec, shape) is not None:
@@ -154,6 +155,7 @@ def estimate(spec: ModelSpec) -> ShapeEstimate | None:
         except Exception:
             break
         params += layer_spec.params(shape)
+        steps += layer_spec.step_values(shape)
         try:
             shape = tuple(layer.compute_output_shape(shape))
         except Exception:
@@ -161,7 +163,7 @@ def estimate(spec: ModelSpec) -> ShapeEstimate | None:
         outputs.append(shape)
     else:
         complete = True
-    return ShapeEstimate(params, activation_bytes(tuple(spec.input_shape), outputs), complete)
+    return ShapeEstimate(params, activation_bytes(tuple(spec.input_shape), outputs, steps), complete)
 
 
 def estimate_params(spec: ModelSpec) -> int | None:
@@ -169,10 +171,13 @@ def estimate_params(spec: ModelSpec) -> int | None:
     return None if found is None or not found.complete else found.params
 
 
-def activation_bytes(input_shape: tuple[int, ...], output_shapes: Sequence[Sequence[int | None]]) -> int:
-    """float32 bytes of one instance's input and of every layer's output for it."""
+def activation_bytes(
+    input_shape: tuple[int, ...], output_shapes: Sequence[Sequence[int | None]], step_values: int = 0
+) -> int:
+    """float32 bytes of one instance's input and of every layer's output for it, and of what recurrent layers keep
+    of every step while training (``LayerSpec.step_values``)."""
     values = math.prod(input_shape) + sum(math.prod(d or 1 for d in shape[1:]) for shape in output_shapes)
-    return FLOAT32 * values
+    return FLOAT32 * (values + step_values)
 
 
 def training_data_bytes(
@@ -288,7 +293,10 @@ def dry_build(
     total = model.count_params()
     if max_params is not None and total > max_params:
         raise SpecError([(("model",), too_many_params(total, max_params))])
-    per_instance = activation_bytes(tuple(request.model.input_shape), [layer.output.shape for layer in model.layers])
+    shapes = [tuple(layer.output.shape) for layer in model.layers]
+    layer_inputs = [(None, *request.model.input_shape), *shapes[:-1]]
+    steps = sum(spec.step_values(shape) for spec, shape in zip(request.model.layers, layer_inputs, strict=True))
+    per_instance = activation_bytes(tuple(request.model.input_shape), shapes, steps)
     if memory is not None:
         too_much = memory_problems(
             request,

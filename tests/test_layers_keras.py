@@ -216,10 +216,13 @@ def test_book_models_are_the_models_keras_builds(case: str) -> None:
     found = estimate(spec)
     assert found is not None
     assert found.params == theirs.count_params() == ours.count_params() == summary["total_params"]
-    # the estimate's output shapes are the built model's
-    assert found.activation_bytes == activation_bytes(
-        tuple(spec.input_shape), [layer.output.shape for layer in theirs.layers]
+    # the estimate's output shapes are the built model's (and what recurrent layers keep of their steps on top)
+    shapes = [tuple(layer.output.shape) for layer in theirs.layers]
+    steps = sum(
+        layer.step_values(shape)
+        for layer, shape in zip(spec.layers, [(None, *spec.input_shape), *shapes[:-1]], strict=True)
     )
+    assert found.activation_bytes == activation_bytes(tuple(spec.input_shape), shapes, steps)
 
 
 def test_recurrent_parameter_counts() -> None:
@@ -559,3 +562,35 @@ def test_every_new_layer_family_trains_in_the_worker(client: TestClient) -> None
         # Keras' class of each: conv1d is Conv1D, global_max_pooling1d is GlobalMaxPooling1D, …
         expected = [re.sub(r"(\d)d$", r"\1D", layer["type"].title().replace("_", "")) for layer in layers]
         assert [layer["type"] for layer in summary["layers"]][:-1] == expected
+
+
+def test_what_recurrent_layers_keep_of_every_step_counts_against_the_memory_limit() -> None:
+    """An LSTM over long sequences keeps its four gates and its state at every step for the backward pass: far more
+    than its output, and refused at the batch size before any of it is allocated."""
+    from service.datasets.catalogue import as_requested, builtin_info
+    from service.keras_build import MemoryLimits, SpecError, dry_build
+
+    body = {
+        **chapter_request(),
+        "model": {
+            "input_shape": [20_000],
+            "layers": [
+                {"type": "embedding", "input_dim": 500, "output_dim": 16},
+                {"type": "bidirectional", "layer": {"type": "lstm", "units": 256}},
+                {"type": "dense", "units": 1, "activation": "sigmoid"},
+            ],
+        },
+        "compile": {"optimizer": "rmsprop", "loss": "binary_crossentropy"},
+        "dataset": {"name": "imdb", "num_words": 500, "maxlen": 20_000},
+    }
+    request = TrainRequest.model_validate(body)
+    spec = request.model
+    found = estimate(spec)
+    assert found is not None
+    outputs_only = 4 * (20_000 + 20_000 * 16 + 512 + 1)
+    kept = 4 * 2 * 20_000 * 256 * 5  # both directions: every step's four gates and its state
+    assert found.activation_bytes == outputs_only + kept
+    info = as_requested(builtin_info(request.dataset)[0], request.dataset)
+    with pytest.raises(SpecError) as refused:
+        dry_build(request, info, memory=MemoryLimits(max_activation_bytes=2**30, max_training_data_bytes=2**34))
+    assert [path for path, _ in refused.value.problems] == [("fit", "batch_size")]

@@ -41,6 +41,11 @@ class LayerSpec(Strict):
         so a model's size is known before any weight is allocated."""
         return 0
 
+    def step_values(self, input_shape: tuple[int | None, ...]) -> int:
+        """Values one instance keeps in this layer beyond its output while it trains: nothing, but for a recurrent
+        layer, whose gates and state at every step are kept for the backward pass."""
+        return 0
+
 
 def _problem(loc: tuple[str | int, ...], kind: str, message: str, value: Any) -> InitErrorDetails:
     return {"type": PydanticCustomError(kind, "{message}", {"message": message}), "loc": loc, "input": value}
@@ -413,6 +418,10 @@ class RecurrentLayer(LayerSpec):
     def params(self, input_shape: tuple[int | None, ...]) -> int:
         return self.gates * self.units * ((input_shape[-1] or 0) + self.units + self._bias_per_unit())
 
+    def step_values(self, input_shape: tuple[int | None, ...]) -> int:
+        steps = input_shape[1] if len(input_shape) > 2 and input_shape[1] else 1
+        return steps * self.units * (self.gates + 1)
+
 
 class SimpleRNNLayer(RecurrentLayer):
     """A fully connected recurrent layer: the output is the next step's state (keras.layers.SimpleRNN)."""
@@ -501,6 +510,9 @@ class BidirectionalLayer(LayerSpec):
 
     def params(self, input_shape: tuple[int | None, ...]) -> int:
         return 2 * self.layer.params(input_shape)
+
+    def step_values(self, input_shape: tuple[int | None, ...]) -> int:
+        return 2 * self.layer.step_values(input_shape)
 
 
 LAYER_TYPES: tuple[type[LayerSpec], ...] = (
