@@ -32,6 +32,7 @@ PROBE_ROWS = 8
 # Why a loaded model has no LiteRT runtime, when it is not the flatbuffer's fault.
 NO_FLATBUFFER = "the model has no flatbuffer"
 LITERT_OFF = "LiteRT is off (TRAINSERVE_PREDICT_LITERT=never)"
+RECURRENT = "recurrent layers do not convert to TFLite's builtin ops: the TensorFlow graph serves the model"
 
 
 class ConversionError(Exception):
@@ -40,8 +41,12 @@ class ConversionError(Exception):
 
 def convert(model: Any) -> bytes:
     """The model's inference function (``training=False``) as a TFLite flatbuffer: float32, TFLite's builtin ops."""
+    import keras
     import tensorflow as tf
 
+    if any(isinstance(layer, keras.layers.RNN | keras.layers.Bidirectional) for layer in model.layers):
+        # Their loops over the steps are TensorFlow list ops, which the converter lowers only behind a private flag.
+        raise ConversionError(RECURRENT)
     try:
         # It exports the model as a SavedModel in a temporary directory, and prints that export's endpoints.
         with contextlib.redirect_stdout(io.StringIO()):
