@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from service.datasets.builtin import DatasetInfo
-from service.spec import CompileSpec, DenseLayer, FitSpec, LayerSpec, ModelSpec, TrainRequest
+from service.spec import CompileSpec, DenseLayer, EmbeddingLayer, FitSpec, LayerSpec, ModelSpec, TrainRequest
 
 Path = tuple[str | int, ...]
 
@@ -334,6 +334,21 @@ def validation_problems(request: TrainRequest, info: DatasetInfo) -> list[tuple[
                 ("dataset", "reshape"),
                 f"{list(reshape)} holds {math.prod(reshape):,} values, but the samples of dataset {info.name!r} have "
                 f"shape {list(info.input_shape)}: {math.prod(info.input_shape):,} values",
+            )
+        )
+    first = request.model.layers[0] if request.model.layers else None
+    words = info.vocabulary_size
+    if (
+        isinstance(first, EmbeddingLayer)
+        and words is not None
+        and not request.dataset.one_hot
+        and first.input_dim < words
+    ):
+        found.append(
+            (
+                ("model", *request.model.layer_loc(0), "input_dim"),
+                f"the word indexes of dataset {info.name!r} run from 0 to {words - 1}: input_dim must be at least "
+                f"{words} (it is {first.input_dim})",
             )
         )
     if request.dataset.one_hot and info.vocabulary_size is None and request.dataset.num_words is None:

@@ -169,6 +169,16 @@ def test_imdb_needs_its_length_and_fails_clearly_offline(client: TestClient) -> 
     assert job["error"]["type"] == "DatasetUnavailable"
     assert "'imdb' is not in the Keras cache" in job["error"]["message"]
 
+    body["dataset"]["maxlen"] = 100
+    body["model"]["layers"][0]["input_dim"] = 300
+    response = client.post("/train", json=body)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]["errors"][0]
+    assert error["path"] == "model.layers[0].input_dim"
+    assert error["message"] == (
+        "the word indexes of dataset 'imdb' run from 0 to 499: input_dim must be at least 500 (it is 300)"
+    )
+
     body["dataset"] = {"name": "digits", "maxlen": 100}
     response = client.post("/train", json=body)
     assert response.status_code == 422, response.text

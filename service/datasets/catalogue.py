@@ -224,8 +224,8 @@ def builtin_info(spec: DatasetSpec) -> tuple[DatasetInfo, Sequences | None]:
     if spec.name not in SEQUENCE_DATASETS or spec.maxlen is None:
         return info, None
     sequences = Sequences(spec.num_words, spec.maxlen, spec.padding, spec.truncating)
-    words = spec.num_words if spec.one_hot and spec.num_words is not None else None
-    return dataclasses.replace(info, input_shape=(spec.maxlen,), vocabulary_size=words), sequences
+    # With num_words, load_data keeps the indexes below it (the others become 2, out of vocabulary).
+    return dataclasses.replace(info, input_shape=(spec.maxlen,), vocabulary_size=spec.num_words), sequences
 
 
 def as_requested(info: DatasetInfo, spec: DatasetSpec) -> DatasetInfo:
