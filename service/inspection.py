@@ -171,13 +171,9 @@ class Inspector:
     ) -> LayerWeights:
         index = layer_index(row, layer_name, ("layer",))
         if untrained:
-            import keras
+            from service.keras_build import build_seeded
 
-            from service.keras_build import build_model
-
-            if seed is not None:
-                keras.utils.set_random_seed(seed)
-            layer = build_model(ModelSpec.model_validate(row.spec["model"])).layers[index]
+            layer = build_seeded(ModelSpec.model_validate(row.spec["model"]), seed).layers[index]
         else:
             layer = self.model(row).layers[index]
         arrays = [(str(variable.name), np.asarray(variable.numpy())) for variable in layer.weights]

@@ -10,6 +10,7 @@ import hashlib
 import math
 import random
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -59,12 +60,31 @@ def runnable_name(name: str) -> str:
     return f"{ascii_part}_{digest}" if ascii_part else f"n_{digest}"
 
 
+# Building a model draws its initial weights (and dropout seeds) from the process's random state: one build at a
+# time, so that a seeded one (``build_seeded``) draws exactly what its seed gives, whatever else the process builds.
+_BUILDING = threading.RLock()
+
+
+def build_seeded(spec: ModelSpec, seed: int | None) -> keras.Sequential:
+    """The model as the first one built after ``keras.utils.set_random_seed(seed)`` is: freshly initialised, the
+    same every time for the same seed."""
+    with _BUILDING:
+        if seed is not None:
+            keras.utils.set_random_seed(seed)
+        return build_model(spec)
+
+
 def build_model(spec: ModelSpec, names: Sequence[str] | None = None, model_name: str | None = None) -> keras.Sequential:
     """A Sequential model from the spec, built layer by layer so a failure names the layer that caused it.
 
     ``names``/``model_name`` replace the spec's names: the worker trains under names TensorFlow accepts
     (see ``runnable_copy``) while summaries and records keep the user's own.
     """
+    with _BUILDING:
+        return _build(spec, names, model_name)
+
+
+def _build(spec: ModelSpec, names: Sequence[str] | None, model_name: str | None) -> keras.Sequential:
     model = keras.Sequential(name=model_name or spec.name)
     model.add(keras.Input(shape=tuple(spec.input_shape)))
     shape: list[int | None] = [None, *spec.input_shape]

@@ -239,38 +239,40 @@ class Callbacks:
         built.append(EpochReporter(run))
         return cls(built, early, checkpoint)
 
-    def outcome(self, model: Any, epochs_run: int, epochs: int) -> dict[str, Any]:
-        """How training ended, after fit() returned; loads the checkpoint's weights into ``model`` when it kept
-        an epoch, so the published model is that epoch's."""
-        outcome: dict[str, Any] = {"epochs_run": epochs_run, "stopped_epoch": None, "stop_reason": None}
+    def outcome(self, model: Any, epochs_run: int) -> dict[str, Any]:
+        """How training ended, after fit() returned (``TrainingOutcome`` in the API); loads the checkpoint's
+        weights into ``model`` when it kept an epoch, so the published model is that epoch's."""
+        best_epoch: int | None = None
+        monitor: str | None = None
         published = epochs_run
         for spec, callback in self.early_stopping:
-            if callback.stopped_epoch > 0 and outcome["stopped_epoch"] is None:
-                best = float(callback.best)
-                outcome["stopped_epoch"] = int(callback.stopped_epoch) + 1
-                outcome["stop_reason"] = (
-                    f"early_stopping: {spec.monitor} did not improve"
-                    + (f" by more than {spec.min_delta:g}" if spec.min_delta else "")
-                    + f" for {spec.patience} epoch{'s' if spec.patience != 1 else ''} after epoch "
-                    f"{int(callback.best_epoch) + 1} ({spec.monitor} {best:.6g})"
-                )
+            if best_epoch is None and math.isfinite(float(callback.best)):
+                best_epoch, monitor = int(callback.best_epoch) + 1, spec.monitor
             if spec.restore_best_weights and callback.best_weights is not None:
                 published = int(callback.best_epoch) + 1
-            outcome.setdefault("best_epoch", int(callback.best_epoch) + 1 if epochs_run else None)
-            outcome.setdefault("monitor", spec.monitor)
         if self.checkpoint is not None:
             kept, watch, path = self.checkpoint
-            outcome["monitor"] = kept.monitor
-            outcome["best_epoch"] = watch.best_epoch
+            best_epoch, monitor = watch.best_epoch, kept.monitor
             if watch.best_epoch is not None and path.is_file():
                 model.load_weights(str(path))
                 published = watch.best_epoch
-        outcome.setdefault("best_epoch", None)
-        outcome.setdefault("monitor", None)
-        if outcome["stopped_epoch"] is None and epochs_run < epochs:
-            outcome["stop_reason"] = "stopped"
-        outcome["published_epoch"] = published
-        return outcome
+        stopped = next(((spec, cb) for spec, cb in self.early_stopping if cb.stopped_epoch > 0), None)
+        return {
+            "epochs_run": epochs_run,
+            "stopped_epoch": None if stopped is None else int(stopped[1].stopped_epoch) + 1,
+            "stop_reason": None if stopped is None else _stop_reason(*stopped),
+            "best_epoch": best_epoch,
+            "monitor": monitor,
+            "published_epoch": published,
+        }
+
+
+def _stop_reason(spec: EarlyStoppingCallback, callback: Any) -> str:
+    """``early_stopping: val_loss did not improve for 2 epochs after epoch 59 (val_loss 0.0567605)``."""
+    by = f" by more than {spec.min_delta:g}" if spec.min_delta else ""
+    epochs = f"{spec.patience} epoch{'s' if spec.patience != 1 else ''}"
+    best = f"epoch {int(callback.best_epoch) + 1} ({spec.monitor} {float(callback.best):.6g})"
+    return f"early_stopping: {spec.monitor} did not improve{by} for {epochs} after {best}"
 
 
 def train_step(model: Any, data: Any) -> Any:
@@ -544,7 +546,7 @@ def _train(run: JobRun, request: TrainRequest) -> str:
         )
         run.check()
         epochs_run = len(history.epoch)
-        outcome = callbacks.outcome(model, epochs_run, request.fit.epochs)
+        outcome = callbacks.outcome(model, epochs_run)
     evaluation = None
     if splits.x_test is not None and splits.y_test is not None:
         scores = model.evaluate(splits.x_test, splits.y_test, batch_size=256, verbose=0, return_dict=True)
