@@ -129,6 +129,12 @@ class Ceiling:
         if self._thread is not None:
             self._thread.join(timeout=2)
         if self._cgroup is not None:
+            # Whatever still runs (the process is often stopped after its ceiling is lifted) leaves the group for
+            # its parent's, so that the group can go now rather than when the process ends.
+            with contextlib.suppress(OSError):
+                for pid in (self._cgroup / "cgroup.procs").read_text().split():
+                    with contextlib.suppress(OSError):
+                        (self._cgroup.parent / "cgroup.procs").write_text(pid)
             deadline = time.monotonic() + 10
             while self._alive() and time.monotonic() < deadline:
                 time.sleep(0.05)
