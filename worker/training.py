@@ -94,40 +94,31 @@ def prepare(request: TrainRequest, data: LoadedDataset, num_classes: int, one_ho
         x, x_test, y, y_test = _split(x, y, spec.test_size, spec.random_state, spec.stratify)
     x_val = y_val = None
     validation = request.fit.validation_data
-    if validation == "test":
-        x_val, y_val = x_test, y_test
-    elif validation is not None:
+    if validation is not None and validation != "test":
         x, x_val, y, y_val = _split(x, y, validation.size, validation.random_state, validation.stratify)
-    encode = request.compile
 
-    def labels(values: np.ndarray[Any, Any] | None) -> np.ndarray[Any, Any] | None:
-        return None if values is None else labels_for_loss(values, encode, num_classes)
+    def inputs(split: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """One split's inputs as the model takes them: reshaped (views of the same rows, as the learner's
+        x.reshape(-1, 28, 28, 1)), as one-hot vectors, then float32 after the rescale."""
+        if spec.reshape is not None:
+            split = split.reshape(len(split), *spec.reshape)
+        if one_hot_words is not None:
+            split = one_hot(split, one_hot_words)
+        return _as_float32(split, spec.rescale)
 
-    if spec.reshape is not None:
-        # As the learner's x.reshape(-1, 28, 28, 1): views of the same rows.
-        x = x.reshape(len(x), *spec.reshape)
-        x_test = None if x_test is None else x_test.reshape(len(x_test), *spec.reshape)
-        x_val = None if x_val is None or validation == "test" else x_val.reshape(len(x_val), *spec.reshape)
-    if one_hot_words is not None:
-        x = one_hot(x, one_hot_words)
-        x_test = None if x_test is None else one_hot(x_test, one_hot_words)
-        x_val = None if x_val is None or validation == "test" else one_hot(x_val, one_hot_words)
-    x = _as_float32(x, spec.rescale)
-    x_test = None if x_test is None else _as_float32(x_test, spec.rescale)
-    if validation == "test":
-        x_val = x_test
-    elif x_val is not None:
-        x_val = _as_float32(x_val, spec.rescale)
-    y_train = labels(y)
-    assert y_train is not None
-    y_test_encoded = labels(y_test)
+    def labels(values: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        return labels_for_loss(values, request.compile, num_classes)
+
+    test = None if x_test is None or y_test is None else (inputs(x_test), labels(y_test))
+    held = None if x_val is None or y_val is None else (inputs(x_val), labels(y_val))
+    val = test if validation == "test" else held
     return Splits(
-        x,
-        y_train,
-        x_test,
-        y_test_encoded,
-        x_val,
-        y_test_encoded if validation == "test" else labels(y_val),
+        inputs(x),
+        labels(y),
+        None if test is None else test[0],
+        None if test is None else test[1],
+        None if val is None else val[0],
+        None if val is None else val[1],
     )
 
 
