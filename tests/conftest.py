@@ -171,6 +171,27 @@ def chapter_request(
     return body
 
 
+def small_cnn_request(epochs: int = 2) -> dict[str, Any]:
+    """The book's 8-2 CNN made small, on digits as (8, 8, 1) images: two convolutions to look inside."""
+    return {
+        "name": "digits cnn",
+        "model": {
+            "input_shape": [8, 8],
+            "layers": [
+                {"type": "reshape", "target_shape": [8, 8, 1]},
+                {"type": "conv2d", "filters": 8, "kernel_size": 3, "activation": "relu", "padding": "same"},
+                {"type": "max_pooling2d", "pool_size": 2},
+                {"type": "conv2d", "filters": 16, "kernel_size": [3, 3], "activation": "relu", "padding": "same"},
+                {"type": "flatten"},
+                {"type": "dense", "units": 10, "activation": "softmax"},
+            ],
+        },
+        "compile": {"optimizer": "adam"},
+        "dataset": {"name": "digits", "rescale": 1 / 16, "test_size": 0.2, "random_state": 42},
+        "fit": {"epochs": epochs, "seed": 42},
+    }
+
+
 @pytest.fixture(scope="session")
 def live_url(settings: Settings, worker: WorkerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The API served for real by `trainserve api` (uvicorn), for clients that speak HTTP: browsers, the CLI,

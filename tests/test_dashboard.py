@@ -28,7 +28,7 @@ from PIL import Image
 from service.api.routers.dashboard import FILES, ROOT
 from service.examples import all_examples, chapter_examples
 from service.settings import Settings
-from tests.conftest import chapter_request
+from tests.conftest import chapter_request, small_cnn_request
 from tests.datafiles import images_zip
 
 if TYPE_CHECKING:
@@ -356,23 +356,7 @@ def test_early_stopping_is_shown_on_the_curves(page: Page, http: httpx.Client, s
 @pytest.fixture(scope="module")
 def cnn_model(http: httpx.Client) -> dict[str, Any]:
     """The book's 8-2 CNN, small, on digits as (8, 8, 1) images."""
-    body = {
-        "name": "digits cnn",
-        "model": {
-            "input_shape": [8, 8],
-            "layers": [
-                {"type": "reshape", "target_shape": [8, 8, 1]},
-                {"type": "conv2d", "filters": 8, "kernel_size": 3, "activation": "relu", "padding": "same"},
-                {"type": "max_pooling2d", "pool_size": 2},
-                {"type": "conv2d", "filters": 16, "kernel_size": 3, "activation": "relu", "padding": "same"},
-                {"type": "flatten"},
-                {"type": "dense", "units": 10, "activation": "softmax"},
-            ],
-        },
-        "compile": {"optimizer": "adam"},
-        "dataset": {"name": "digits", "rescale": 1 / 16},
-        "fit": {"epochs": 2, "seed": 42},
-    }
+    body = small_cnn_request()
     job = wait_until_finished(http, http.post("/train", json=body).json()["job_id"])
     assert job["status"] == "succeeded", job
     model: dict[str, Any] = http.get(f"/models/{job['model_id']}").json()

@@ -16,30 +16,9 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from service.settings import Settings
-from tests.conftest import train
+from tests.conftest import small_cnn_request, train
 
 pytestmark = pytest.mark.slow
-
-
-def cnn_request(epochs: int = 2) -> dict[str, Any]:
-    """The 8-2 CNN, small, on digits as (8, 8, 1) images."""
-    return {
-        "name": "digits cnn",
-        "model": {
-            "input_shape": [8, 8],
-            "layers": [
-                {"type": "reshape", "target_shape": [8, 8, 1]},
-                {"type": "conv2d", "filters": 8, "kernel_size": 3, "activation": "relu", "padding": "same"},
-                {"type": "max_pooling2d", "pool_size": 2},
-                {"type": "conv2d", "filters": 16, "kernel_size": [3, 3], "activation": "relu", "padding": "same"},
-                {"type": "flatten"},
-                {"type": "dense", "units": 10, "activation": "softmax"},
-            ],
-        },
-        "compile": {"optimizer": "adam"},
-        "dataset": {"name": "digits", "rescale": 1 / 16, "test_size": 0.2, "random_state": 42},
-        "fit": {"epochs": epochs, "seed": 42},
-    }
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +26,7 @@ def cnn(client: TestClient, tmp_path_factory: pytest.TempPathFactory) -> tuple[d
     """A trained CNN's record, and its .keras file loaded by Keras."""
     import keras
 
-    job = train(client, cnn_request())
+    job = train(client, small_cnn_request())
     assert job["status"] == "succeeded", job["error"]
     model = client.get(f"/models/{job['model_id']}").json()
     path = Path(tmp_path_factory.mktemp("cnn")) / "cnn.keras"
