@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Connection,
     DateTime,
     Dialect,
     Engine,
@@ -120,6 +121,48 @@ class JobRow(Base):
     # When the job's Celery message was last sent.
     dispatched_at: Mapped[datetime | None]
     # A client's Idempotency-Key, with the hash of the request it came with.
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    request_sha256: Mapped[str | None] = mapped_column(String(64))
+    # The last finished epoch's training state in the model store, which a taken-over job resumes from:
+    # {"epoch", "attempt", "file", "sha256", "size_bytes"}; None before the first epoch and once the job has ended.
+    checkpoint: Mapped[dict[str, Any] | None]
+    # A trial of an experiment: the experiment, the trial's number in its study, and its parameters by JSON path.
+    experiment_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    trial_number: Mapped[int | None] = mapped_column(Integer)
+    trial_params: Mapped[dict[str, Any] | None]
+
+
+class ExperimentStatus(enum.StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class ExperimentRow(Base):
+    """A search over a train request's fields: its trials are jobs (``JobRow.experiment_id``), its sampler's and
+    pruner's state an Optuna study (``study_name``) in the same database."""
+
+    __tablename__ = "experiments"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), index=True, default=ExperimentStatus.RUNNING)
+    spec: Mapped[dict[str, Any]]
+    study_name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    finished_at: Mapped[datetime | None]
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    # Trials asked of the sampler so far (those refused before queueing included).
+    trials_asked: Mapped[int] = mapped_column(Integer, default=0)
+    # The best finished trial's job, and the model published under the experiment's name from it.
+    best_job_id: Mapped[str | None] = mapped_column(String(32))
+    published_model_id: Mapped[str | None] = mapped_column(String(32))
+    # One process advances an experiment at a time (until this instant, unless it renews); ``wakeups`` counts the
+    # requests to advance it, so that one arriving meanwhile is not lost.
+    advancing_until: Mapped[datetime | None]
+    wakeups: Mapped[int] = mapped_column(Integer, default=0)
+    error_message: Mapped[str | None] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     request_sha256: Mapped[str | None] = mapped_column(String(64))
 
@@ -223,6 +266,8 @@ def epoch_bucket(seconds: float) -> str:
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # The revision a database written before migrations is taken for: its tables are that revision's.
 FIRST_REVISION = "0001"
+# Where the database's revision is kept.
+VERSION_TABLE = "trainserve_version"
 
 _engines: dict[tuple[int, str], Engine] = {}
 _sessions: dict[tuple[int, str], sessionmaker[Session]] = {}
@@ -254,13 +299,26 @@ def migrate(engine: Engine) -> str:
             connection.execute(text("SELECT pg_advisory_xact_lock(hashtext('trainserve-migrations'))"))
         tables = set(inspect(connection).get_table_names())
         config.attributes["connection"] = connection
-        if "alembic_version" not in tables and "jobs" in tables:
-            command.stamp(config, FIRST_REVISION)
-        before = MigrationContext.configure(connection).get_current_revision()
+        if VERSION_TABLE not in tables and "jobs" in tables:
+            command.stamp(config, _revision_before_own_table(connection, tables) or FIRST_REVISION)
+        context = {"version_table": VERSION_TABLE}
+        before = MigrationContext.configure(connection, opts=context).get_current_revision()
         command.upgrade(config, "head")
-        revision = MigrationContext.configure(connection).get_current_revision()
+        revision = MigrationContext.configure(connection, opts=context).get_current_revision()
     if revision != before:
         log.info("database %s upgraded from revision %s to %s", engine.url.render_as_string(), before, revision)
+    return str(revision)
+
+
+def _revision_before_own_table(connection: Connection, tables: set[str]) -> str | None:
+    """The revision a database kept in Alembic's default table before it had its own: taken out of that table,
+    which is then left to Optuna (whose studies share the database). None when there is none of this service's."""
+    if "alembic_version" not in tables:
+        return None
+    revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    if revision is None or not any((MIGRATIONS / "versions").glob(f"{revision}_*.py")):
+        return None
+    connection.execute(text("DROP TABLE alembic_version"))
     return str(revision)
 
 

@@ -151,15 +151,14 @@ class Inspector:
         self._lock = threading.Lock()
 
     def model(self, row: ModelRow) -> Any:
-        import keras
-
+        from service.keras_build import load_stored_model
         from service.store import verified_path
 
         with self._lock:
             if row.id in self._models:
                 self._models.move_to_end(row.id)
                 return self._models[row.id]
-        loaded = keras.models.load_model(verified_path(self.store, row.id, row.sha256), compile=False)
+        loaded = load_stored_model(verified_path(self.store, row.id, row.sha256))
         with self._lock:
             self._models[row.id] = loaded
             while len(self._models) > self.keep:

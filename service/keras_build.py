@@ -13,6 +13,7 @@ import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path as FilePath
 from typing import Any
 
 import keras
@@ -60,9 +61,17 @@ def runnable_name(name: str) -> str:
     return f"{ascii_part}_{digest}" if ascii_part else f"n_{digest}"
 
 
-# Building a model draws its initial weights (and dropout seeds) from the process's random state: one build at a
-# time, so that a seeded one (``build_seeded``) draws exactly what its seed gives, whatever else the process builds.
+# Creating a layer draws its initializers' and dropout's seeds from Python's random generator, and loading a
+# stored model creates layers too: one construction at a time, so that a seeded build (``build_seeded``) draws
+# exactly what its seed gives, whatever else the process builds or loads meanwhile.
 _BUILDING = threading.RLock()
+
+
+def load_stored_model(path: FilePath) -> keras.Model:
+    """A stored ``.keras`` file as ``keras.models.load_model`` loads it (uncompiled; ``safe_mode``: no code from
+    the file runs), under the lock every build holds."""
+    with _BUILDING:
+        return keras.models.load_model(path, compile=False, safe_mode=True)
 
 
 def build_seeded(spec: ModelSpec, seed: int | None) -> keras.Sequential:

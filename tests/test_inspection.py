@@ -88,6 +88,41 @@ def test_the_untrained_layer_is_a_fresh_initialisation(client: TestClient, cnn: 
     assert (bias["min"], bias["max"]) == (0.0, 0.0)
 
 
+def test_the_same_seed_gives_the_same_layer_while_models_load_beside_it(tmp_path: Path) -> None:
+    """Loading a stored model creates layers, and every layer draws its initializers' seeds from Python's random
+    generator: a load in another thread between a seeded build's seed and its layers would change what it draws
+    (the dashboard asks for a model's trained and untrained weights at once)."""
+    import threading
+
+    import keras
+
+    from service.keras_build import build_seeded, load_stored_model
+    from service.spec import TrainRequest
+
+    spec = TrainRequest.model_validate(small_cnn_request()).model
+    path = tmp_path / "model.keras"
+    build_seeded(spec, 0).save(path)
+    expected = [w.numpy() for w in build_seeded(spec, 42).weights]
+    done = threading.Event()
+
+    def load_again_and_again() -> None:
+        while not done.wait(0.002):  # a breath between loads, so that the builds get their turn
+            load_stored_model(path)
+
+    loaders = [threading.Thread(target=load_again_and_again) for _ in range(2)]
+    for loader in loaders:
+        loader.start()
+    try:
+        for _ in range(8):
+            drawn = [w.numpy() for w in build_seeded(spec, 42).weights]
+            assert all(np.array_equal(a, b) for a, b in zip(drawn, expected, strict=True))
+    finally:
+        done.set()
+        for loader in loaders:
+            loader.join()
+    keras.backend.clear_session()
+
+
 def test_feature_maps_of_one_digit_equal_a_keras_sub_model(client: TestClient, cnn: tuple[dict[str, Any], Any]) -> None:
     import keras
 

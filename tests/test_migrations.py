@@ -17,7 +17,7 @@ from alembic.script import ScriptDirectory
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, make_url, text
 
-from service.db import MIGRATIONS, Base, get_engine, migrate
+from service.db import MIGRATIONS, VERSION_TABLE, Base, get_engine, migrate
 from service.settings import Settings
 from tests import legacy_schema
 from tests.conftest import chapter_request
@@ -44,7 +44,7 @@ def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[s
 def test_a_new_database_has_exactly_the_tables_the_code_declares(empty_database: str) -> None:
     engine = get_engine(empty_database)  # migrates
     with engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        context = MigrationContext.configure(connection, opts={"compare_type": True, "version_table": VERSION_TABLE})
         assert context.get_current_revision() == migrate(engine) == HEAD
         assert compare_metadata(context, Base.metadata) == []
 
@@ -181,4 +181,33 @@ def test_a_database_of_the_last_release_is_upgraded_and_read_back(empty_database
         assert "trainserve_epoch_duration_seconds_count 3.0" in metrics
         assert 'trainserve_epoch_duration_seconds_bucket{le="0.5"} 1.0' in metrics
     with get_engine(empty_database).connect() as connection:
-        assert MigrationContext.configure(connection).get_current_revision() == HEAD
+        own = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+        assert own.get_current_revision() == HEAD
+
+
+def test_a_database_that_kept_its_revision_in_alembics_table_moves_it_and_shares_the_database_with_optuna(
+    empty_database: str,
+) -> None:
+    """Databases of revisions 0001 to 0005 kept their revision in ``alembic_version``, the table Optuna's storage
+    keeps its own in: the revision moves to this service's table, and then an Optuna study lives beside the
+    service's tables, each reading its own revision."""
+    import optuna
+
+    engine = create_engine(empty_database)
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)"))
+        connection.execute(text("INSERT INTO alembic_version VALUES ('0001')"))
+    legacy_schema.metadata.create_all(engine)
+    engine.dispose()
+    assert migrate(get_engine(empty_database)) == HEAD
+    with get_engine(empty_database).connect() as connection:
+        tables = set(connection.dialect.get_table_names(connection))
+        assert "alembic_version" not in tables
+        own = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+        assert own.get_current_revision() == HEAD
+    study = optuna.create_study(storage=empty_database, study_name="shared", direction="maximize")
+    study.enqueue_trial({"x": 1.0})
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 2)})
+    study.tell(trial, 0.5)
+    assert optuna.load_study(study_name="shared", storage=empty_database).best_value == 0.5
+    assert migrate(get_engine(empty_database)) == HEAD  # and the service still reads its own revision

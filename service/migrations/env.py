@@ -6,7 +6,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-from service.db import Base, get_engine
+from service.db import VERSION_TABLE, Base, get_engine
 from service.settings import get_settings
 
 
@@ -17,6 +17,8 @@ def run(connection: Connection) -> None:
         # SQLite alters a table by copying it: Alembic's batch mode does that.
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        # Not Alembic's default name: Optuna's storage, in the same database, keeps its own revision in that one.
+        version_table=VERSION_TABLE,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -323,9 +323,9 @@ def load_model_call(
 ) -> ModelCall:
     """Load a stored model (``safe_mode``: no code from the file runs) as a :class:`ModelCall`, with the LiteRT
     runtime of its flatbuffer (``litert``) if the interpreter reads it; ``litert_refusal``: why there is none."""
-    import keras
+    from service.keras_build import load_stored_model
 
-    model = keras.models.load_model(path, compile=False, safe_mode=True)
+    model = load_stored_model(path)
     runtime = None
     refusal = litert_refusal or NO_FLATBUFFER
     if litert is not None:
