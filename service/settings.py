@@ -124,6 +124,15 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(
         default=1, ge=1, description="Training processes per worker (each keeps TensorFlow loaded)."
     )
+    max_experiment_trials: int = Field(
+        default=1000, ge=1, description="Most trials one experiment may ask for (`max_trials`; 422 beyond)."
+    )
+    experiment_check_limit: int = Field(
+        default=64,
+        ge=1,
+        description="A search space of at most this many distinct trials is dry-built whole at submit (one "
+        "that can make an invalid model is a 422); a larger one has each trial checked before it is queued.",
+    )
     job_time_limit: float = Field(
         default=3600, gt=0, description="Seconds one training job may run before it fails with `timeout`."
     )
@@ -209,6 +218,13 @@ class Settings(BaseSettings):
         gt=0,
         description="A running job's worker renews its lease this often (a third of it); a job whose lease "
         "has run out is taken as orphaned and started again.",
+    )
+    checkpoint_quota_bytes: int = Field(
+        default=10 * GIB,
+        ge=1,
+        description="Bytes the running jobs' epoch checkpoints may take together in the model store; a job whose "
+        "next checkpoint would pass it trains on without one (and would restart from its first epoch if its "
+        "worker died).",
     )
     reconcile_interval: float = Field(
         default=10.0, gt=0, description="Seconds between a worker's checks for orphaned jobs and lost messages."

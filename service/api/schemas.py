@@ -64,6 +64,12 @@ class TrainingOutcome(BaseModel):
     )
 
 
+class TrialLink(BaseModel):
+    experiment_id: str
+    number: int = Field(description="The trial's number in the experiment's study, from 0.")
+    params: dict[str, Any] = Field(description="The trial's values, by the JSON path each one replaced.")
+
+
 class JobRead(BaseModel):
     job_id: str
     name: str | None
@@ -88,6 +94,7 @@ class JobRead(BaseModel):
     error: JobError | None
     cancel_requested: bool
     worker: str | None = Field(description="The worker process (host:pid) that runs or last ran the job.")
+    trial: TrialLink | None = Field(default=None, description="The experiment this job is a trial of, if any.")
     spec: dict[str, Any]
 
     @classmethod
@@ -110,6 +117,11 @@ class JobRead(BaseModel):
             error=error,
             cancel_requested=job.cancel_requested,
             worker=job.worker_id,
+            trial=None
+            if job.experiment_id is None
+            else TrialLink(
+                experiment_id=job.experiment_id, number=job.trial_number or 0, params=job.trial_params or {}
+            ),
             spec=job.spec,
         )
 
