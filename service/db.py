@@ -189,7 +189,8 @@ class ModelRow(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200))
     version: Mapped[int] = mapped_column(Integer)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    # The job that trained it; a job's model may also be published under another name, as another record.
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
     spec: Mapped[dict[str, Any]]
     dataset: Mapped[dict[str, Any]]
     input_shape: Mapped[list[Any]]

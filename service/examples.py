@@ -205,10 +205,58 @@ def openapi_examples() -> dict[str, dict[str, Any]]:
     return {key: {"summary": examples[key]["name"], "value": examples[key]} for key in order}
 
 
+# --- the chapter's comparisons as experiments ---------------------------------------------------------------------
+
+
+def _base(request: dict[str, Any]) -> dict[str, Any]:
+    """A chapter request as an experiment's base: its trials are named after the experiment."""
+    return {key: value for key, value in request.items() if key != "name"}
+
+
+def experiment_examples() -> dict[str, dict[str, Any]]:
+    """File stem → experiment request: the chapter's six optimizers and its two activations on digits, each one
+    grid search; and a learning-rate search with a pruner."""
+    chapter = chapter_examples()
+    return {
+        "experiment_optimizers": {
+            "name": "digits: the chapter's six optimizers",
+            "base": _base(chapter["digits_relu_adam"]),
+            "space": {"compile.optimizer": {"type": "choice", "values": list(_OPTIMIZERS.values())}},
+            "search": {"type": "grid", "seed": 42},
+            "objective": {"metric": "accuracy", "direction": "max", "source": "evaluation"},
+            "max_parallel": 2,
+        },
+        "experiment_activation": {
+            "name": "digits: sigmoid or relu",
+            "base": _base(chapter["digits_relu"]),
+            "space": {"model.layers[1].activation": {"type": "choice", "values": ["sigmoid", "relu"]}},
+            "search": {"type": "grid"},
+            "objective": {"metric": "accuracy", "direction": "max", "source": "evaluation"},
+            "max_parallel": 2,
+        },
+        "experiment_learning_rate": {
+            "name": "digits: adam's learning rate",
+            "base": _base(chapter["digits_relu_adam"]),
+            "space": {"compile.optimizer.learning_rate": {"type": "float", "low": 1e-5, "high": 0.1, "log": True}},
+            "search": {"type": "tpe", "seed": 42},
+            "objective": {"metric": "accuracy", "direction": "max", "source": "evaluation"},
+            "max_trials": 12,
+            "max_parallel": 2,
+            "pruner": {"type": "median", "n_startup_trials": 3, "n_warmup_steps": 2},
+            # Adam's own default first: the trials after it are measured against a known baseline.
+            "enqueue": [{"compile.optimizer.learning_rate": 0.001}],
+        },
+    }
+
+
+def experiment_openapi_examples() -> dict[str, dict[str, Any]]:
+    return {key: {"summary": body["name"], "value": body} for key, body in experiment_examples().items()}
+
+
 def write_examples(directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for stem, request in all_examples().items():
+    for stem, request in {**all_examples(), **experiment_examples()}.items():
         path = directory / f"{stem}.json"
         path.write_text(json.dumps(request, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
         written.append(path)

@@ -15,6 +15,9 @@ from celery import Celery
 from service.settings import Settings
 
 TRAIN_TASK = "trainserve.train"
+# Brings an experiment up to date (``service.experiments.advance``): the periodic safety net's way into a pool
+# process, since the Celery parent never loads TensorFlow, which checking a new trial's model takes.
+ADVANCE_TASK = "trainserve.advance_experiment"
 
 # kombu's Redis transport keeps a queue's messages in one list per priority step, and the messages that workers
 # hold but have not acknowledged in one hash.
@@ -89,6 +92,10 @@ class JobQueue:
         under its id."""
         self.redis.set(marker(job_id), 1, ex=self.MARKER_SECONDS)
         self.celery.send_task(TRAIN_TASK, args=[job_id], task_id=job_id)
+
+    def advance(self, experiment_id: str) -> None:
+        """Have a worker bring an experiment up to date."""
+        self.celery.send_task(ADVANCE_TASK, args=[experiment_id])
 
     def taken(self, job_id: str) -> None:
         """A worker has the job's message."""

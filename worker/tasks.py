@@ -1,4 +1,5 @@
-"""Celery tasks: thin wrappers that take a delivery and hand its job id to the training code."""
+"""Celery tasks: thin wrappers that take a delivery and hand its job (or experiment) id to the code that does the
+work."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import logging
 
 import redis
 from celery import Task
+from sqlalchemy import select
 
-from service.queue import TRAIN_TASK, JobQueue
+from service import experiments
+from service.db import JobRow, session_scope
+from service.queue import ADVANCE_TASK, TRAIN_TASK, JobQueue
 from service.settings import get_settings
 from worker.celery_app import app
 
@@ -29,4 +33,19 @@ def train(self: Task, job_id: str) -> str:
     # Imported here, in the pool child, so that the parent process never loads TensorFlow.
     from worker.training import run_job
 
-    return run_job(job_id, get_settings())
+    settings = get_settings()
+    status = run_job(job_id, settings)
+    with session_scope(settings.database_url) as session:
+        experiment_id = session.scalar(select(JobRow.experiment_id).where(JobRow.id == job_id))
+    if experiment_id is not None:
+        # A trial ended (or was not this worker's to run): its experiment tells the study and asks the next.
+        advance(experiment_id)
+    return status
+
+
+@app.task(name=ADVANCE_TASK)
+def advance(experiment_id: str) -> None:
+    try:
+        experiments.advance(get_settings(), _queue(), experiment_id)
+    except Exception:
+        log.exception("experiment %s: could not advance it now; the reconciler asks again", experiment_id)

@@ -12,6 +12,7 @@ from service.db import ID_PATTERN
 from service.registry import VERSION_PATTERN
 
 JobId = Annotated[str, Path(description="Job id as returned by POST /train.", pattern=ID_PATTERN)]
+ExperimentId = Annotated[str, Path(description="Experiment id as returned by POST /experiments.", pattern=ID_PATTERN)]
 ModelId = Annotated[str, Path(description="Model id, from a succeeded job.", pattern=ID_PATTERN)]
 DatasetId = Annotated[
     str, Path(description="An uploaded dataset's id, or a built-in dataset's name (e.g. digits).", max_length=64)

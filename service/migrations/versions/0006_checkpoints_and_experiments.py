@@ -15,6 +15,9 @@ down_revision = "0005"
 branch_labels = None
 depends_on = None
 
+# What SQLite's unnamed unique constraints are called while its table is copied, so that one can be dropped.
+_UNNAMED_UNIQUE = {"uq": "uq_%(table_name)s_%(column_0_name)s"}
+
 
 def upgrade() -> None:
     op.create_table(
@@ -44,9 +47,20 @@ def upgrade() -> None:
         batch.add_column(sa.Column("trial_number", sa.Integer(), nullable=True))
         batch.add_column(sa.Column("trial_params", sa.JSON(), nullable=True))
         batch.create_index("ix_jobs_experiment_id", ["experiment_id"])
+    # A job's model may also be published under another name (an experiment's best trial under the experiment's
+    # name): one job, more than one model record.
+    if op.get_bind().dialect.name == "postgresql":
+        op.drop_constraint("models_job_id_key", "models", type_="unique")
+    else:
+        with op.batch_alter_table("models", naming_convention=_UNNAMED_UNIQUE, recreate="always") as batch:
+            batch.drop_constraint("uq_models_job_id", type_="unique")
+    op.create_index("ix_models_job_id", "models", ["job_id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_models_job_id", "models")
+    with op.batch_alter_table("models") as batch:
+        batch.create_unique_constraint("models_job_id_key", ["job_id"])
     with op.batch_alter_table("jobs") as batch:
         batch.drop_index("ix_jobs_experiment_id")
         for column in ("trial_params", "trial_number", "experiment_id", "checkpoint"):
