@@ -46,6 +46,7 @@ from service.queue import JobQueue
 from service.serving.engine import Engine
 from service.settings import Settings, get_settings
 from service.spec import TrainRequest
+from service.spec.experiment import ExperimentRequest
 
 log = logging.getLogger(__name__)
 
@@ -224,16 +225,17 @@ def _settle_heap() -> None:
 
 def _openapi(app: FastAPI, *, bearer: bool) -> None:
     """The OpenAPI document: FastAPI's, with the models of the bodies routes read themselves (POST /train's
-    TrainRequest) among its components, and the API-key requirement (with an Authorize button in /docs)."""
+    TrainRequest, POST /experiments' ExperimentRequest) among its components, and the API-key requirement (with an Authorize button in /docs)."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            body = TrainRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-            for name, definition in body.pop("$defs", {}).items():
-                components.setdefault(name, definition)
-            components["TrainRequest"] = body
+            for model in (TrainRequest, ExperimentRequest):
+                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                for name, definition in body.pop("$defs", {}).items():
+                    components.setdefault(name, definition)
+                components[model.__name__] = body
             if bearer:
                 schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
                 schema["security"] = [{"bearer": []}]
