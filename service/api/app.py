@@ -225,7 +225,8 @@ def _settle_heap() -> None:
 
 def _openapi(app: FastAPI, *, bearer: bool) -> None:
     """The OpenAPI document: FastAPI's, with the models of the bodies routes read themselves (POST /train's
-    TrainRequest, POST /experiments' ExperimentRequest) among its components, and the API-key requirement (with an Authorize button in /docs)."""
+    TrainRequest, POST /experiments' ExperimentRequest) among its components, and the API-key requirement (with an
+    Authorize button in /docs)."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
