@@ -10,6 +10,9 @@
    clients.
 3. One 10,000-instance request to /predict as JSON and as ``.npy``, against ``predict_on_batch`` on the same
    10,000 instances in this process.
+4. The chapter's comparison of six optimizers as one experiment (``examples/experiment_optimizers.json`` on the
+   Fashion-MNIST-sized dataset, two training processes) against the six learners' scripts (each trial's own
+   ``GET /jobs/{id}/script``) run one after another, each a fresh ``python script.py``.
 
 Everything runs locally (a private Redis, one worker, SQLite, a temporary directory); nothing is downloaded.
 """
@@ -127,6 +130,8 @@ def main() -> None:
         "TRAINSERVE_HOME": str(workdir / "data"),
         "TRAINSERVE_KERAS_CACHE": str(keras_home),
         "TRAINSERVE_LOG_LEVEL": "WARNING",  # no access log line per request, as for the baselines
+        # Two training processes, one per core: an experiment's trials train two at a time.
+        "TRAINSERVE_WORKER_CONCURRENCY": "2",
     }
     spec = json.loads(EXAMPLE.read_text())
     spec["name"] = "bench"
@@ -189,6 +194,7 @@ def main() -> None:
                 with kserve_peer(model_file, spec, env, workdir) as peer:
                     rows += small_requests(model_id, service_port, reference_port, peer, args.duration)
                 rows += large_request(model_id, model_file, service_port, spec, args.repeat)
+            rows += experiment(base, env, workdir)
     finally:
         if args.keep:
             print(f"kept {workdir}")
@@ -326,6 +332,46 @@ def large_request(
             f"{seconds[kind] / baseline:.2f}× the time" + (" (target ≤ 1.3×)" if "npy" in kind else ""),
         )
         for kind in requests
+    ]
+
+
+def experiment(base: str, env: dict[str, str], workdir: Path) -> list[tuple[str, str, str, str]]:
+    """The six-optimizer experiment through the service, POST /experiments until it has ended, against each of its
+    trials' scripts run as a learner runs them: one ``python script.py`` after another."""
+    import subprocess
+
+    from service.examples import chapter_examples, experiment_examples
+
+    body = experiment_examples()["experiment_optimizers"]
+    body["name"] = "bench: six optimizers"
+    body["base"] = {k: v for k, v in chapter_examples()["fashion_mnist_relu_adam"].items() if k != "name"}
+    client = Client(base)
+    print("the six-optimizer experiment through the service …", flush=True)
+    start = time.perf_counter()
+    experiment_id = client.json("POST", "/experiments", json=body)["experiment_id"]
+    while (done := client.json("GET", f"/experiments/{experiment_id}"))["status"] == "running":
+        time.sleep(0.2)
+    service = time.perf_counter() - start
+    if done["status"] != "succeeded":
+        raise RuntimeError(f"the benchmark's experiment ended {done['status']}: {done['error']}")
+    print(f"  {service:.1f} s; its six scripts, one after another …", flush=True)
+    scripts = workdir / "scripts"
+    scripts.mkdir()
+    plain = 0.0
+    for trial in done["trials"]:
+        path = scripts / f"trial_{trial['number']}.py"
+        path.write_text(client.request("GET", f"/jobs/{trial['job_id']}/script").text)
+        start = time.perf_counter()
+        subprocess.run([sys.executable, str(path)], cwd=scripts, env=env, check=True, capture_output=True)
+        plain += time.perf_counter() - start
+    print(f"  {plain:.1f} s", flush=True)
+    return [
+        (
+            "the chapter's six optimizers, POST /experiments → succeeded",
+            f"{service:.1f} s",
+            f"six learner's scripts one after another: {plain:.1f} s",
+            f"{service / plain:.2f}× the time (target ≤ 0.6×)",
+        )
     ]
 
 
