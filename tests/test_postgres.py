@@ -106,6 +106,41 @@ def test_a_worker_trains_against_postgresql(
         assert summary["total_params"] == 7_510
 
 
+def test_an_experiment_on_postgresql_is_one_optuna_study_every_replica_shares(
+    postgres_url: str, redis_url: str, keras_cache: Path, tmp_path: Path
+) -> None:
+    """Submitted through one API replica, followed through another, trained by a worker: the study lives in
+    Optuna's tables of the same PostgreSQL database, and says what the service says."""
+    import optuna
+
+    from service.api.app import create_app
+    from service.examples import experiment_examples
+
+    settings = Settings(
+        home=tmp_path, database_url=postgres_url, redis_url=redis_url, keras_cache=keras_cache, queue="pg-experiments"
+    )
+    body = experiment_examples()["experiment_activation"]
+    body["base"]["fit"]["epochs"] = 1
+    with (
+        running_worker(settings, tmp_path / "worker.log"),
+        TestClient(create_app(settings)) as one,
+        TestClient(create_app(settings)) as other,
+    ):
+        answer = one.post("/experiments", json=body)
+        assert answer.status_code == 202, answer.text
+        experiment_id = answer.json()["experiment_id"]
+        deadline = time.monotonic() + 120
+        while (experiment := other.get(f"/experiments/{experiment_id}").json())["status"] == "running":
+            assert time.monotonic() < deadline, experiment
+            time.sleep(0.2)
+        assert experiment["status"] == "succeeded", experiment
+    study = optuna.load_study(study_name=f"trainserve-{experiment_id}", storage=postgres_url)
+    told = {trial.number: (trial.state.name, trial.value) for trial in study.trials}
+    assert told == {t["number"]: ("COMPLETE", t["objective"]) for t in experiment["trials"]}
+    assert study.best_trial.number == experiment["best"]["number"]
+    assert [t["params"]["model.layers[1].activation"] for t in experiment["trials"]] == ["sigmoid", "relu"]
+
+
 def test_a_worker_cut_off_cannot_write_into_the_attempt_that_took_its_job_over(postgres_url: str) -> None:
     """Worker A's lease runs out while it is stalled; B takes the job over. A's epochs, lease renewals and outcome
     are all refused: only B's attempt writes, and the history is B's."""
