@@ -47,7 +47,7 @@ EXPERIMENT_BODY: dict[str, Any] = {
 
 def _read(session: Session, row: ExperimentRow, with_trials: bool = True) -> ExperimentRead:
     trials = experiments.trial_jobs(session, row.id)
-    history = jobs.job_history(session=session, job_ids=[job.id for job in trials])
+    history = experiments.trial_histories(session, ExperimentRequest.model_validate(row.spec), trials)
     read = ExperimentRead.from_row(row, trials, history)
     if not with_trials:
         read.trials = None
