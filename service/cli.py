@@ -17,11 +17,13 @@ from service.client import (
     EXIT_REFUSED,
     Client,
     ClientError,
+    experiments_table,
     jobs_table,
     models_table,
     predictions_table,
     read_spec,
     watch,
+    watch_experiment,
 )
 from service.logs import configure_logging
 from service.settings import get_settings
@@ -107,6 +109,8 @@ ApiKey = Annotated[
     str | None, typer.Option("--api-key", envvar="TRAINSERVE_API_KEY", help="Sent as Authorization: Bearer.")
 ]
 DEFAULT_URL = "http://127.0.0.1:8000"
+# What a shell reports for a command stopped by Ctrl-C (128 + SIGINT).
+EXIT_INTERRUPTED = 130
 
 
 def _client(url: str, api_key: str | None) -> Client:
@@ -118,7 +122,7 @@ def _run(action: Callable[[], int | None]) -> None:
     try:
         code = action()
     except ClientError as exc:
-        Console(stderr=True).print(f"[red]{escape(str(exc))}[/red]")
+        Console(stderr=True).print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True)  # a problem a line
         raise typer.Exit(EXIT_REFUSED) from exc
     raise typer.Exit(code or 0)
 
@@ -158,6 +162,78 @@ def jobs_command(
     """List jobs, newest first."""
     params: dict[str, str | int] = {"limit": limit, "history": "last", **({"status": status} if status else {})}
     _run(lambda: Console().print(jobs_table(_client(url, api_key).json("GET", "/jobs", params=params))))
+
+
+@app.command("experiment")
+def experiment_command(
+    spec: Annotated[Path, typer.Argument(help="An experiment as JSON, e.g. examples/experiment_activation.json.")],
+    watching: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            help="Follow it on a live leaderboard (a line per trial change when not a terminal); exit 0 "
+            "succeeded, 1 failed, 3 cancelled. Ctrl-C stops watching, not the experiment.",
+        ),
+    ] = False,
+    url: Url = DEFAULT_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Start an experiment: a search over a training request's fields, its trials queued as jobs."""
+    console = Console()
+
+    def action() -> int:
+        client = _client(url, api_key)
+        created = client.create_experiment(read_spec(spec))
+        experiment_id = created["experiment_id"]
+        checked = (
+            f"{created['checked']} dry-built at submit" if created["checked"] else "each checked before it is queued"
+        )
+        console.print(
+            f"experiment {experiment_id} {created['status']}: {created['trials']} trials ({checked})", soft_wrap=True
+        )
+        if not watching:
+            return 0
+        try:
+            ended = watch_experiment(client, experiment_id, console)
+        except KeyboardInterrupt:
+            console.print(
+                f"stopped watching; experiment {experiment_id} goes on "
+                f"(`trainserve experiment-cancel {experiment_id}` stops it)",
+                markup=False,
+                highlight=False,
+            )
+            return EXIT_INTERRUPTED
+        return EXIT_CODES.get(ended["status"], 1)
+
+    _run(action)
+
+
+@app.command("experiments")
+def experiments_command(
+    status: Annotated[str | None, typer.Option(help="Only experiments in this status.")] = None,
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    url: Url = DEFAULT_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """List experiments, newest first, with their trials' states and best trial."""
+    _run(lambda: Console().print(experiments_table(_client(url, api_key).experiments(status=status, limit=limit))))
+
+
+@app.command("experiment-cancel")
+def experiment_cancel_command(
+    experiment_id: Annotated[str, typer.Argument(help="An experiment id.")],
+    url: Url = DEFAULT_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Cancel an experiment: no more trials, queued ones cancelled, running ones stopped at their next batch."""
+
+    def action() -> None:
+        experiment = _client(url, api_key).cancel_experiment(experiment_id)
+        status = experiment["status"]
+        waiting = " (cancel requested: running trials stop at their next batch)" if status == "running" else ""
+        Console(highlight=False).print(f"experiment {experiment_id} {status}{waiting}", markup=False)
+
+    _run(action)
 
 
 @app.command("models")
