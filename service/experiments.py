@@ -185,6 +185,31 @@ def _space_path(request: ExperimentRequest, loc: Sequence[str | int]) -> Loc:
     return ("base", *loc)
 
 
+def _json_loc(loc: Sequence[str | int], body: Any) -> Loc:
+    """A Pydantic error's location as a path through the request's own JSON: without the union tags and validator
+    names Pydantic puts between its fields (``model.layers.1.dense.units`` is ``model.layers[1].units``)."""
+    out: list[str | int] = []
+    node = body
+    for part in loc:
+        in_dict = isinstance(node, dict) and isinstance(part, str) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if in_dict or in_list:
+            node = node[part]
+        elif isinstance(node, dict | list):
+            continue  # a tag or a validator's name, not a field of the request
+        else:
+            node = None
+        out.append(part)
+    return tuple(out)
+
+
+def format_path(loc: Sequence[str | int]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
 def _values_text(values: dict[str, Any]) -> str:
     return ", ".join(f"{path} = {json.dumps(value, ensure_ascii=False)}" for path, value in values.items())
 
@@ -204,15 +229,13 @@ def trial_request(request: ExperimentRequest, values: dict[str, Any], number: in
     try:
         trial = TrainRequest.model_validate(body)
     except ValidationError as exc:
-        raise InvalidRequestError(
-            [
-                (
-                    _space_path(request, error["loc"]),
-                    f"with {_values_text(values)}: {'.'.join(str(p) for p in error['loc'])}: {error['msg']}",
-                )
-                for error in exc.errors()[:MAX_PROBLEMS]
-            ]
-        ) from None
+        problems = []
+        for error in exc.errors()[:MAX_PROBLEMS]:
+            loc = _json_loc(error["loc"], body)
+            problems.append(
+                (_space_path(request, loc), f"with {_values_text(values)}: {format_path(loc)}: {error['msg']}")
+            )
+        raise InvalidRequestError(problems) from None
     found = trial.problems()
     if found:
         raise InvalidRequestError(
@@ -551,7 +574,7 @@ def _ask(settings: Settings, queue: JobQueue, experiment_id: str, request: Exper
             train = trial_request(request, values, number, name)
             check_trial(request, train, values, session, settings)
         except InvalidRequestError as exc:
-            refusal = "; ".join(f"{'.'.join(str(p) for p in loc)}: {message}" for loc, message in exc.problems)
+            refusal = "; ".join(f"{format_path(loc)}: {message}" for loc, message in exc.problems)
             train = None
         if train is not None:
             job = jobs.create_job(session=session, request=train)
