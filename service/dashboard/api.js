@@ -1,5 +1,6 @@
 // Talking to the TrainServe API from the page: JSON calls and the job event stream, both carrying the API key
-// when one is set (the stream is read with fetch, since EventSource cannot send an Authorization header).
+// when one is set (the stream is read with fetch, since EventSource cannot send an Authorization header), and an
+// experiment's event stream, with polling when that stream cannot be had.
 
 const KEY_STORAGE = "trainserve.apiKey";
 
@@ -113,4 +114,60 @@ export function followJob(jobId, { onEpoch, onStatus, onError }) {
 
   run();
   return () => controller.abort();
+}
+
+// Follow an experiment: onTrial(trial) whenever one of its trials changes, onExperiment(summary) whenever the
+// experiment's status, counts or best trial change, until it ends. Its event stream is read with EventSource, which
+// reconnects by itself but cannot send an API key: with a key set, or once the stream errors (dropped, refused,
+// too many streams), the experiment is polled instead. onMode("events" | "polling") says which. Returns a function
+// that stops following.
+export function followExperiment(experimentId, { onTrial, onExperiment, onMode = () => {}, onError, pollMs = 1000 }) {
+  let source = null;
+  let timer = null;
+  let stopped = false;
+
+  function stop() {
+    stopped = true;
+    if (source) source.close();
+    clearTimeout(timer);
+  }
+  function summary(experiment) {
+    onExperiment(experiment);
+    if (experiment.status !== "running") stop();
+  }
+  async function poll() {
+    try {
+      const experiment = await api(`/experiments/${experimentId}`);
+      if (stopped) return;
+      (experiment.trials || []).forEach(onTrial);
+      summary(experiment);
+    } catch (error) {
+      if (stopped) return;
+      if (error instanceof ApiError && error.status < 500 && error.status !== 429) {
+        stop();
+        if (onError) onError(error);
+        return;
+      }
+    }
+    if (!stopped) timer = setTimeout(poll, pollMs);
+  }
+  function startPolling() {
+    if (source) source.close();
+    source = null;
+    onMode("polling");
+    poll();
+  }
+
+  if (apiKey() || typeof EventSource === "undefined") {
+    startPolling();
+  } else {
+    onMode("events");
+    source = new EventSource(`/experiments/${experimentId}/events`);
+    source.addEventListener("trial", (event) => onTrial(JSON.parse(event.data)));
+    source.addEventListener("experiment", (event) => summary(JSON.parse(event.data)));
+    source.addEventListener("error", () => {
+      if (!stopped) startPolling();
+    });
+  }
+  return stop;
 }

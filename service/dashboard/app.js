@@ -1,11 +1,14 @@
-// The dashboard's router: #/jobs, #/jobs/<id>, #/compare?jobs=a,b, #/models, #/models/<id>, #/predict?model=<id>,
-// #/datasets, #/datasets/<id>, #/new?example=<key>. Each page renders into <main> and returns a cleanup function.
+// The dashboard's router: #/jobs, #/jobs/<id>, #/compare?jobs=a,b, #/experiments, #/experiments/<id>, #/models,
+// #/models/<id>, #/predict?model=<id>, #/datasets, #/datasets/<id>, #/new?example=<key>. Each page renders into
+// <main> and returns a cleanup function.
 
 import { apiKey, setApiKey } from "./api.js";
 import { destroyAll } from "./charts.js";
 import { el, errorBox, params } from "./ui.js";
 import * as compare from "./pages/compare.js";
 import * as datasets from "./pages/datasets.js";
+import * as experiment from "./pages/experiment.js";
+import * as experiments from "./pages/experiments.js";
 import * as job from "./pages/job.js";
 import * as jobs from "./pages/jobs.js";
 import * as models from "./pages/models.js";
@@ -19,6 +22,8 @@ const ROUTES = [
   [/^jobs\/([0-9a-f]+)$/, job.render, "jobs"],
   [/^(?:jobs)?$/, jobs.render, "jobs"],
   [/^compare$/, compare.render, "compare"],
+  [/^experiments\/([0-9a-f]+)$/, experiment.render, "experiments"],
+  [/^experiments$/, experiments.render, "experiments"],
   [/^models\/([0-9a-f]+)$/, models.renderOne, "models"],
   [/^models$/, models.renderList, "models"],
   [/^predict$/, predict.render, "predict"],

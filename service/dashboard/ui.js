@@ -35,6 +35,27 @@ export function fmt(value, digits = 4) {
   return String(value);
 }
 
+// A number as a reader wants it in a table: integers whole, very small or large ones (learning rates) in
+// exponent form, the rest to four significant digits.
+export function number(value) {
+  if (Number.isInteger(value)) return String(value);
+  const size = Math.abs(value);
+  if (size !== 0 && (size < 1e-3 || size >= 1e6)) return value.toExponential(2).replace(/\.?0+e/, "e").replace("e+", "e");
+  return String(Number(value.toPrecision(4)));
+}
+
+// Any JSON value of a request in one short line: an optimizer object reads "sgd (momentum 0.9, nesterov)".
+export function compact(value) {
+  if (value === undefined || value === null) return "–";
+  if (typeof value === "number") return number(value);
+  if (typeof value !== "object") return String(value);
+  if (Array.isArray(value)) return `[${value.map(compact).join(", ")}]`;
+  const { type, ...rest } = value;
+  const options = Object.entries(rest).map(([key, option]) => (option === true ? key : option === false ? `no ${key}` : `${key} ${compact(option)}`));
+  if (type === undefined) return `{${options.join(", ")}}`;
+  return options.length ? `${compact(type)} (${options.join(", ")})` : compact(type);
+}
+
 export function when(iso) {
   if (!iso) return "–";
   const date = new Date(iso);

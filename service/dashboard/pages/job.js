@@ -76,9 +76,13 @@ export async function render(view, { args, isCurrent }) {
       if (training.best_epoch) entries.push(["Best epoch", `${training.best_epoch} by ${training.monitor}`]);
       entries.push(["Published epoch", String(training.published_epoch)]);
     }
+    const trial = job.trial
+      ? [el("dt", { text: "Trial" }), el("dd", {}, el("a", { href: `#/experiments/${job.trial.experiment_id}`, "data-trial": job.trial.number, text: `#${job.trial.number} of an experiment` }))]
+      : [];
     const stopped = job.training && job.training.stop_reason ? [el("dt", { text: "Stopped early" }), el("dd", { class: "stop-reason", "data-stop-reason": job.training.stopped_epoch ?? "", text: `at epoch ${job.training.stopped_epoch ?? job.training.epochs_run} of ${job.progress.epochs}: ${job.training.stop_reason}` })] : [];
     facts.replaceChildren(
       ...entries.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]),
+      ...trial,
       ...stopped,
       el("dt", { text: "Trained model" }),
       el("dd", {}, job.model_id ? el("a", { href: `#/models/${job.model_id}`, text: job.model_id }) : "–"),
