@@ -138,7 +138,10 @@ def pruner(request: ExperimentRequest) -> optuna.pruners.BasePruner:
     if spec is None:
         return optuna.pruners.NopPruner()
     if spec.type == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=spec.n_startup_trials, n_warmup_steps=spec.n_warmup_steps)
+        # Trials report their epochs as steps 1, 2, 3…; Optuna never prunes at a step below n_warmup_steps.
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=spec.n_startup_trials, n_warmup_steps=spec.n_warmup_steps + 1
+        )
     if spec.type == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(
             min_resource=spec.min_resource, reduction_factor=spec.reduction_factor

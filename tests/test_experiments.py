@@ -252,26 +252,26 @@ def test_a_space_that_can_make_an_invalid_model_is_refused_with_its_path(api: Te
         return errors
 
     errors = refused({"model.layers[1].units": {"type": "choice", "values": [100, 0]}})
-    assert [e["loc"] for e in errors] == [["body", "space", "model.layers[1].units"]]
+    assert [e["loc"] for e in errors] == [["space", "model.layers[1].units"]]
     assert "model.layers[1].units = 0" in errors[0]["message"]
     assert "greater than or equal to 1" in errors[0]["message"]
 
     errors = refused({"model.layers[1].activation": {"type": "choice", "values": ["relu", "sigmoidd"]}})
-    assert errors[0]["loc"] == ["body", "space", "model.layers[1].activation"]
+    assert errors[0]["loc"] == ["space", "model.layers[1].activation"]
     assert '"sigmoidd"' in errors[0]["message"]
 
     errors = refused({"model.layers[7].units": {"type": "choice", "values": [10]}})
     assert "the request has no field model.layers[7].units" in errors[0]["message"]
 
     errors = refused({"fit.batch_size": {"type": "float", "low": 8, "high": 64}}, search={"type": "grid"})
-    assert errors[0]["loc"] == ["body", "space", "fit.batch_size"]
+    assert errors[0]["loc"] == ["space", "fit.batch_size"]
     assert "grid search takes each value once" in errors[0]["message"]
 
     errors = refused({"compile.optimizer": {"type": "choice", "values": ["adam"]}}, objective={"metric": "auc"})
-    assert errors[0]["loc"] == ["body", "objective", "metric"]
+    assert errors[0]["loc"] == ["objective", "metric"]
 
     errors = refused({"model.layers[1].units": {"type": "int", "low": 1, "high": 9}}, max_trials=100_000)
-    assert errors[0]["loc"] == ["body", "max_trials"]
+    assert errors[0]["loc"] == ["max_trials"]
 
 
 def test_trials_of_a_space_too_large_to_check_whole_are_checked_one_by_one(api: TestClient) -> None:
