@@ -8,11 +8,20 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import BigInteger, ColumnElement, cast, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from service import registry
-from service.db import EpochDurationRow, EpochRow, JobRow, JobStatus, ModelRow, epoch_bucket, utcnow
+from service.db import (
+    FINISHED_STATUSES,
+    EpochDurationRow,
+    EpochRow,
+    JobRow,
+    JobStatus,
+    ModelRow,
+    epoch_bucket,
+    utcnow,
+)
 from service.spec import TrainRequest
 
 
@@ -102,7 +111,10 @@ def claim_job(
 ) -> Claim:
     """Start the job in this worker, as one compare-and-set on its row: of two deliveries of the same message,
     only one trains. A job still `running` is taken over only when its holder is gone: its lease ran out, or
-    ``holder_alive`` says the process that held it has died (a pool child killed on this host)."""
+    ``holder_alive`` says the process that held it has died (a pool child killed on this host).
+
+    A job with a checkpoint resumes after the checkpoint's epoch: the epochs up to it stay in its history, later
+    ones (recorded after its last checkpoint, so trained again) go. Without one it starts over."""
     job = session.get(JobRow, job_id, populate_existing=True)
     if job is None:
         return Claim.NOT_CLAIMABLE
@@ -117,7 +129,10 @@ def claim_job(
         ]
     else:
         return Claim.NOT_CLAIMABLE
-    where = [JobRow.id == job_id, *condition]
+    resumed = job.checkpoint if checkpoint_file(job.checkpoint) else None
+    # A holder whose lease ran out while it stalled may still record a checkpoint until this claim commits (and
+    # then remove the file it replaced): the claim holds only if the checkpoint it resumes from is still the one.
+    where = [JobRow.id == job_id, *condition, _recorded_file() == (checkpoint_file(job.checkpoint) or "")]
     if job.attempts >= max_attempts:
         failed = session.execute(
             update(JobRow)
@@ -137,16 +152,42 @@ def claim_job(
             status=JobStatus.RUNNING,
             started_at=now,
             attempts=JobRow.attempts + 1,
-            epoch=0,
+            epoch=0 if resumed is None else resumed["epoch"],
             worker_id=worker_id,
             lease_expires_at=now + timedelta(seconds=lease_seconds),
+            checkpoint=None if resumed is None else {**resumed, "resumed_from_epoch": resumed["epoch"]},
         )
     )
     if not _changed(claimed):
         return Claim.NOT_CLAIMABLE
-    # A retried job starts over: drop the epochs of an earlier attempt.
-    session.execute(delete(EpochRow).where(EpochRow.job_id == job_id))
+    dropped = delete(EpochRow).where(EpochRow.job_id == job_id)
+    if resumed is not None:
+        dropped = dropped.where(EpochRow.epoch > resumed["epoch"])
+    session.execute(dropped)
     return Claim.CLAIMED
+
+
+def checkpoint_file(checkpoint: dict[str, Any] | None) -> str | None:
+    """The file a job's checkpoint record names, if it names one (an ended job's names none)."""
+    name = (checkpoint or {}).get("file")
+    return name if isinstance(name, str) else None
+
+
+def resumed_from_epoch(checkpoint: dict[str, Any] | None) -> int | None:
+    """The epoch the job's current (or last) attempt resumed after; None for one that started from the first."""
+    epoch = (checkpoint or {}).get("resumed_from_epoch")
+    return epoch if isinstance(epoch, int) else None
+
+
+def _ended(resumed_from: int | None) -> dict[str, Any] | None:
+    """What a job's checkpoint record keeps once the job has ended and its file is gone: where its last attempt
+    resumed from."""
+    return None if resumed_from is None else {"resumed_from_epoch": resumed_from}
+
+
+def _recorded_file() -> ColumnElement[str]:
+    """The checkpoint file a row names, '' for none (SQL NULL and JSON null alike), as an SQL expression."""
+    return func.coalesce(JobRow.checkpoint["file"].as_string(), "")
 
 
 def worker_lost_message(attempts: int) -> str:
@@ -212,6 +253,54 @@ def record_epoch(
     return True
 
 
+def record_checkpoint(
+    *, session: Session, job_id: str, worker_id: str, attempt: int, checkpoint: dict[str, Any]
+) -> bool:
+    """Name the file that holds this attempt's latest checkpoint; False (and nothing written) if the job is no
+    longer this attempt's: a worker cut off never replaces the checkpoint of the attempt that took its job over."""
+    return _changed(
+        session.execute(update(JobRow).where(*_holds(job_id, worker_id, attempt)).values(checkpoint=checkpoint))
+    )
+
+
+def start_over(*, session: Session, job_id: str, worker_id: str, attempt: int) -> bool:
+    """This attempt cannot resume from the job's checkpoint: the job starts again from its first epoch, without
+    the epochs the claim kept. False if the job is no longer this attempt's."""
+    moved = session.execute(update(JobRow).where(*_holds(job_id, worker_id, attempt)).values(epoch=0, checkpoint=None))
+    if not _changed(moved):
+        return False
+    session.execute(delete(EpochRow).where(EpochRow.job_id == job_id))
+    return True
+
+
+def checkpoint_bytes(*, session: Session, excluding: str) -> int:
+    """Bytes the recorded checkpoints of the jobs that may still resume take together, but for the job
+    ``excluding``'s own (its next checkpoint replaces it)."""
+    size = func.sum(cast(JobRow.checkpoint["size_bytes"].as_string(), BigInteger))  # past 2 GiB too
+    total = session.scalar(
+        select(func.coalesce(size, 0)).where(
+            JobRow.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)), JobRow.id != excluding
+        )
+    )
+    return int(total or 0)
+
+
+def jobs_by_id(*, session: Session, job_ids: Sequence[str]) -> dict[str, JobRow]:
+    if not job_ids:
+        return {}
+    return {job.id: job for job in session.scalars(select(JobRow).where(JobRow.id.in_(job_ids)))}
+
+
+def clear_ended_checkpoint(*, session: Session, job: JobRow) -> bool:
+    """An ended job's checkpoint file is gone: its record keeps only where its last attempt resumed from."""
+    done = session.execute(
+        update(JobRow)
+        .where(JobRow.id == job.id, JobRow.status.in_(FINISHED_STATUSES))
+        .values(checkpoint=_ended(resumed_from_epoch(job.checkpoint)))
+    )
+    return _changed(done)
+
+
 def record_execution(*, session: Session, job_id: str, worker_id: str, attempt: int, execution: dict[str, Any]) -> bool:
     """Note how this attempt's training runs (its ``keras_build.Execution``); False if the job is no longer its."""
     return _changed(
@@ -228,9 +317,11 @@ def complete_job(
     model: ModelRow,
     evaluation: dict[str, float | None] | None,
     training: dict[str, Any] | None = None,
+    resumed_from_epoch: int | None = None,
 ) -> bool:
     """running → succeeded and the model published, in one transaction. False if the job is no longer this
-    worker's to finish (cancelled, or taken over after its lease ran out)."""
+    worker's to finish (cancelled, or taken over after its lease ran out). The job's checkpoint record keeps only
+    where this attempt resumed from: the worker removes the file once this has committed."""
     done = session.execute(
         update(JobRow)
         .where(*_holds(job_id, worker_id, attempt), JobRow.cancel_requested.is_(False))
@@ -241,6 +332,7 @@ def complete_job(
             evaluation=evaluation,
             training=training,
             lease_expires_at=None,
+            checkpoint=_ended(resumed_from_epoch),
         )
     )
     if not _changed(done):
@@ -254,8 +346,19 @@ def still_holds(*, session: Session, job_id: str, worker_id: str, attempt: int) 
     return session.scalar(select(func.count()).select_from(JobRow).where(*_holds(job_id, worker_id, attempt))) == 1
 
 
-def fail_job(*, session: Session, job_id: str, worker_id: str, attempt: int, error_type: str, message: str) -> None:
-    session.execute(
+def fail_job(
+    *,
+    session: Session,
+    job_id: str,
+    worker_id: str,
+    attempt: int,
+    error_type: str,
+    message: str,
+    resumed_from_epoch: int | None = None,
+) -> bool:
+    """running → failed; False if the job is no longer this attempt's. Its checkpoint record keeps only where
+    this attempt resumed from."""
+    done = session.execute(
         update(JobRow)
         .where(*_holds(job_id, worker_id, attempt))
         .values(
@@ -264,16 +367,26 @@ def fail_job(*, session: Session, job_id: str, worker_id: str, attempt: int, err
             error_type=error_type,
             error_message=message,
             lease_expires_at=None,
+            checkpoint=_ended(resumed_from_epoch),
         )
     )
+    return _changed(done)
 
 
-def finish_cancelled(*, session: Session, job_id: str, worker_id: str, attempt: int) -> bool:
-    """A running job whose cancel was requested stops: running → cancelled."""
+def finish_cancelled(
+    *, session: Session, job_id: str, worker_id: str, attempt: int, resumed_from_epoch: int | None = None
+) -> bool:
+    """A running job whose cancel was requested stops: running → cancelled. Its checkpoint record keeps only
+    where this attempt resumed from."""
     done = session.execute(
         update(JobRow)
         .where(*_holds(job_id, worker_id, attempt))
-        .values(status=JobStatus.CANCELLED, finished_at=utcnow(), lease_expires_at=None)
+        .values(
+            status=JobStatus.CANCELLED,
+            finished_at=utcnow(),
+            lease_expires_at=None,
+            checkpoint=_ended(resumed_from_epoch),
+        )
     )
     return _changed(done)
 

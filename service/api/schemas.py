@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.db import JobRow, JobStatus, ModelRow
+from service.jobs import resumed_from_epoch
 from service.spec import exactly_one_of
 
 
@@ -94,6 +95,13 @@ class JobRead(BaseModel):
     error: JobError | None
     cancel_requested: bool
     worker: str | None = Field(description="The worker process (host:pid) that runs or last ran the job.")
+    resumed_from_epoch: int | None = Field(
+        default=None,
+        description="The epoch the current (or, once the job has ended, the last) attempt resumed after, from the "
+        "checkpoint its earlier attempt saved when that epoch ended: its history up to that epoch is the earlier "
+        "attempt's. Null when the attempt started from the first epoch. Kept in the job's `checkpoint` record, "
+        "which holds only this once the job has ended and its checkpoint file is removed.",
+    )
     trial: TrialLink | None = Field(default=None, description="The experiment this job is a trial of, if any.")
     spec: dict[str, Any]
 
@@ -117,6 +125,7 @@ class JobRead(BaseModel):
             error=error,
             cancel_requested=job.cancel_requested,
             worker=job.worker_id,
+            resumed_from_epoch=resumed_from_epoch(job.checkpoint),
             trial=None
             if job.experiment_id is None
             else TrialLink(
