@@ -4,6 +4,10 @@
   again, or fails with `WorkerLost` once `max_attempts` starts have died.
 - A queued job whose message is not known to the broker as sent and not yet taken (Redis restarted without its
   data) is sent again. A job whose message is still there is left alone.
+- A checkpoint file no attempt will resume from goes: a job's that ended without its worker (failed with
+  `WorkerLost`, cancelled while queued), whose record then keeps only where its last attempt resumed from; one
+  left by an attempt that died while writing a checkpoint, before recording it, or before removing the one it
+  replaced.
 
 Every change is a compare-and-set on the job row, so several workers reconciling at once do each thing once.
 Runs in the Celery parent process on its timer; it never imports TensorFlow.
@@ -19,9 +23,10 @@ from typing import Any
 from celery import bootsteps
 
 from service import jobs
-from service.db import JobStatus, session_scope, utcnow
+from service.db import FINISHED_STATUSES, JobRow, JobStatus, session_scope, utcnow
 from service.queue import JobQueue
 from service.settings import Settings, get_settings
+from service.store import checkpoint_files, remove_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +37,7 @@ class Report:
     failed: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
     redispatched: list[str] = field(default_factory=list)
+    swept: list[str] = field(default_factory=list)  # checkpoint files
 
 
 # Queued jobs looked at per round, oldest first: a round's cost stays the same however long the backlog.
@@ -66,11 +72,46 @@ def reconcile(settings: Settings, queue: JobQueue) -> Report:
                 continue
         queue.send(job.id)
         report.redispatched.append(job.id)
-    for kind in ("requeued", "failed", "cancelled", "redispatched"):
+    report.swept = sweep_checkpoints(settings)
+    for kind in ("requeued", "failed", "cancelled", "redispatched", "swept"):
         ids = getattr(report, kind)
         if ids:
             log.warning("reconciler: %s %s", kind, ", ".join(ids))
     return report
+
+
+def sweep_checkpoints(settings: Settings) -> list[str]:
+    """Remove the checkpoint files no attempt will resume from; returns their names. A round costs what the
+    checkpoints directory holds (a file per running job, about), never what the history does."""
+    store = settings.model_store
+    # Listed before the jobs are read: a file listed was written before its job's row is read, so a row that does
+    # not name it was not about to (but for the attempt that runs the job now, which is left alone).
+    owners = checkpoint_files(store)
+    with session_scope(settings.database_url) as session:
+        holders = jobs.jobs_by_id(session=session, job_ids=sorted({job_id for job_id, _ in owners.values()}))
+        swept = []
+        for name, (job_id, attempt) in owners.items():
+            job = holders.get(job_id)
+            if _resumable(name, attempt, job):
+                continue
+            if job is not None and name == jobs.checkpoint_file(job.checkpoint):  # an ended job's
+                jobs.clear_ended_checkpoint(session=session, job=job)
+            swept.append(name)
+    # Removed once the records no longer name them.
+    for name in swept:
+        remove_checkpoint(store, name)
+    return swept
+
+
+def _resumable(name: str, attempt: int, job: JobRow | None) -> bool:
+    """Whether an attempt of the job may still resume from the checkpoint file ``name`` of ``attempt``."""
+    if job is None or job.status in FINISHED_STATUSES:
+        return False
+    if name == jobs.checkpoint_file(job.checkpoint):
+        return True
+    # Not the recorded one: the running attempt's, being written or about to be recorded (replacing the recorded
+    # one), or one an earlier attempt left behind.
+    return job.status == JobStatus.RUNNING and attempt >= job.attempts
 
 
 def _send(settings: Settings, queue: JobQueue, job_id: str) -> None:
