@@ -1,5 +1,8 @@
 """Train one job: claim it, load its dataset, build and fit its model, store the model, publish it.
 
+Every finished epoch is checkpointed into the model store, so a job whose worker died resumes after its last
+checkpoint instead of starting over (``worker.checkpoints`` is the file's layout).
+
 Plain functions, called by the Celery task and directly by tests. Importing this module loads TensorFlow, so only
 pool children import it.
 """
@@ -40,7 +43,18 @@ from service.logs import job_context
 from service.serving import litert
 from service.settings import Settings
 from service.spec import CheckpointCallback, EarlyStoppingCallback, TrainRequest
-from service.store import litert_path, model_path, publish, temporary_path, write
+from service.store import (
+    StoreError,
+    checkpoint_name,
+    litert_path,
+    model_path,
+    publish,
+    remove_checkpoint,
+    temporary_path,
+    write,
+    write_checkpoint,
+)
+from worker import checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +214,117 @@ class CheckpointWatch(keras.callbacks.Callback):  # type: ignore[misc]
         if math.isfinite(best) and best != self.best:
             self.best, self.best_epoch = best, epoch + 1
 
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def restore_checkpoint_state(self, values: dict[str, Any]) -> None:
+        self.best, self.best_epoch = values["best"], values["best_epoch"]
+
+
+class EpochCheckpoint(keras.callbacks.Callback):  # type: ignore[misc]
+    """Keeps the job resumable. Before fit(), ``resume`` puts the job's checkpoint (if it has one) into the model;
+    at the start of training the other callbacks get their state back (Keras' own reset theirs in
+    ``on_train_begin``, so this callback comes after them); at the end of every epoch, after ``EpochReporter`` has
+    recorded it, the training state is saved into the model store and recorded on the job, while the job is this
+    attempt's and the checkpoint quota leaves room. Holds the job's whole history: the resumed epochs' logs and
+    this attempt's."""
+
+    def __init__(self, run: JobRun, callbacks: list[Any]) -> None:
+        super().__init__()
+        self.run = run
+        self.callbacks = callbacks
+        self.history: list[dict[str, float]] = []
+        self.resumed: checkpoints.Checkpoint | None = None
+        self._over_quota = False
+
+    def resume(self, model: Any) -> int:
+        """Load the job's checkpoint into ``model`` (built and compiled); returns the epochs it had finished, 0 for
+        none. A checkpoint whose file is gone, is not the one recorded or does not fit starts the job over."""
+        run = self.run
+        record = run.checkpoint
+        if record is None:
+            return 0
+        try:
+            checkpoint = checkpoints.read(run.settings.model_store, record)
+            checkpoints.restore_model(model, checkpoint, self.callbacks)
+        except (StoreError, checkpoints.CheckpointError) as exc:
+            log.warning("job %s: cannot resume after epoch %s, it starts over: %s", run.job_id, record["epoch"], exc)
+            with session_scope(run.settings.database_url) as session:
+                if not jobs.start_over(
+                    session=session, job_id=run.job_id, worker_id=run.worker_id, attempt=run.attempt
+                ):
+                    raise JobStoppedError("lost") from None
+            remove_checkpoint(run.settings.model_store, record["file"])
+            run.checkpoint = run.resumed_from = None
+            return 0
+        self.resumed = checkpoint
+        self.history = list(checkpoint.history)
+        log.info("job %s: resumed after epoch %d", run.job_id, checkpoint.epoch)
+        return checkpoint.epoch
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        if self.resumed is not None:
+            checkpoints.restore_callbacks(self.callbacks, self.resumed)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.history.append({key: float(value) for key, value in (logs or {}).items()})
+        # Read before the stop reason: the lease thread sets its reason before it stops the model, so a stop seen
+        # here with no reason is a callback's (early stopping), which the checkpoint keeps.
+        stopped = bool(self.model.stop_training)
+        if self.run.stop_reason is None:  # a job cancelled, timed out or taken over is not resumed by this attempt
+            self._save(epoch + 1, stopped)
+
+    def _save(self, epoch: int, stopped: bool) -> None:
+        run = self.run
+        settings = run.settings
+        size = checkpoints.expected_bytes(self.model, self.callbacks)
+        with session_scope(settings.database_url) as session:
+            taken = jobs.checkpoint_bytes(session=session, excluding=run.job_id)
+        if taken + size > settings.checkpoint_quota_bytes:
+            if not self._over_quota:
+                log.warning(
+                    "job %s: no checkpoint after epoch %d: its %d bytes and the %d of other jobs' would pass "
+                    "TRAINSERVE_CHECKPOINT_QUOTA_BYTES (%d); it trains on without a new one until they fit",
+                    run.job_id,
+                    epoch,
+                    size,
+                    taken,
+                    settings.checkpoint_quota_bytes,
+                )
+            self._over_quota = True
+            return
+        self._over_quota = False
+        arrays = checkpoints.capture(
+            self.model, self.callbacks, epoch=epoch, history=self.history, stopped=stopped
+        ).arrays()
+        store = settings.model_store
+        name = checkpoint_name(run.job_id, run.attempt, epoch)
+        try:
+            sha256, written = write_checkpoint(store, name, lambda f: checkpoints.write(arrays, f))
+        except OSError:
+            log.exception("job %s: could not write the checkpoint of epoch %d; it trains on", run.job_id, epoch)
+            remove_checkpoint(store, name)
+            return
+        record = {
+            "epoch": epoch,
+            "attempt": run.attempt,
+            "file": name,
+            "sha256": sha256,
+            "size_bytes": written,
+            "resumed_from_epoch": run.resumed_from,
+        }
+        with session_scope(settings.database_url) as session:
+            recorded = jobs.record_checkpoint(
+                session=session, job_id=run.job_id, worker_id=run.worker_id, attempt=run.attempt, checkpoint=record
+            )
+        if not recorded:
+            remove_checkpoint(store, name)
+            run.request_stop("lost")
+            return
+        previous, run.checkpoint = run.checkpoint, record
+        if previous is not None:
+            remove_checkpoint(store, previous["file"])
+
 
 @dataclass
 class Callbacks:
@@ -209,6 +334,8 @@ class Callbacks:
     keras: list[Any]
     early_stopping: list[tuple[EarlyStoppingCallback, Any]]
     checkpoint: tuple[CheckpointCallback, CheckpointWatch, Path] | None
+    # Last in ``keras``: resumes the job, checkpoints every epoch, and has the whole history once fit() returns.
+    state: EpochCheckpoint
 
     @classmethod
     def build(cls, request: TrainRequest, run: JobRun, scratch: Path) -> Callbacks:
@@ -228,7 +355,8 @@ class Callbacks:
             if isinstance(spec, EarlyStoppingCallback):
                 early.append((spec, keras_callback))
         built.append(EpochReporter(run))
-        return cls(built, early, checkpoint)
+        state = EpochCheckpoint(run, list(built))
+        return cls([*built, state], early, checkpoint, state)
 
     def outcome(self, model: Any, epochs_run: int) -> dict[str, Any]:
         """How training ended, after fit() returned (``TrainingOutcome`` in the API); loads the checkpoint's
@@ -316,6 +444,10 @@ class JobRun:
         self.deadline = time.monotonic() + settings.job_time_limit
         self.stop_reason: str | None = None
         self.model: Any = None
+        # The job's recorded checkpoint (its record on the job row), which this attempt resumes from and replaces
+        # with each of its own; and the epoch this attempt resumed after (None: it started from the first).
+        self.checkpoint: dict[str, Any] | None = None
+        self.resumed_from: int | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._keep_lease, name=f"lease-{job_id}", daemon=True)
 
@@ -432,6 +564,8 @@ def _run_job(job_id: str, settings: Settings) -> str:
             return str(status)
         request = TrainRequest.model_validate(job.spec)
         run.attempt = job.attempts
+        run.checkpoint = job.checkpoint if jobs.checkpoint_file(job.checkpoint) else None
+        run.resumed_from = jobs.resumed_from_epoch(job.checkpoint)
     log.info("job %s: attempt %d started in %s", job_id, run.attempt, run.worker_id)
     run.start()
     try:
@@ -462,10 +596,25 @@ def write_flatbuffer(model: Any, path: Path) -> dict[str, Any]:
     return {"sha256": write(path.parent, path, content), "size_bytes": len(content)}
 
 
+def _ended(run: JobRun) -> None:
+    """This attempt has ended the job: its checkpoint file goes (the record no longer names it)."""
+    if run.checkpoint is not None:
+        remove_checkpoint(run.settings.model_store, run.checkpoint["file"])
+        run.checkpoint = None
+
+
 def _stopped(run: JobRun, reason: str) -> str:
     if reason == "cancelled":
         with session_scope(run.settings.database_url) as session:
-            jobs.finish_cancelled(session=session, job_id=run.job_id, worker_id=run.worker_id, attempt=run.attempt)
+            cancelled = jobs.finish_cancelled(
+                session=session,
+                job_id=run.job_id,
+                worker_id=run.worker_id,
+                attempt=run.attempt,
+                resumed_from_epoch=run.resumed_from,
+            )
+        if cancelled:
+            _ended(run)
         log.info("job %s cancelled", run.job_id)
         return "cancelled"
     if reason == "timeout":
@@ -477,14 +626,17 @@ def _stopped(run: JobRun, reason: str) -> str:
 
 def _fail(run: JobRun, error_type: str, message: str) -> str:
     with session_scope(run.settings.database_url) as session:
-        jobs.fail_job(
+        failed = jobs.fail_job(
             session=session,
             job_id=run.job_id,
             worker_id=run.worker_id,
             attempt=run.attempt,
             error_type=error_type,
             message=message,
+            resumed_from_epoch=run.resumed_from,
         )
+    if failed:
+        _ended(run)
     log.info("job %s failed: %s: %s", run.job_id, error_type, message)
     return "failed"
 
@@ -523,11 +675,17 @@ def _train(run: JobRun, request: TrainRequest) -> str:
     log.info("job %s: %d steps per execution, XLA %s", job_id, execution.steps_per_execution, execution.jit_compile)
     with tempfile.TemporaryDirectory(prefix="trainserve-job-") as scratch:
         callbacks = Callbacks.build(request, run, Path(scratch))
+        initial_epoch = callbacks.state.resume(model)
+        resumed = callbacks.state.resumed
+        # A job its early stopping ended at the checkpoint's epoch trains no further: fit() then runs no epoch,
+        # only its callbacks' ends (early stopping putting its best weights back), as they ran in the first place.
+        epochs = initial_epoch if resumed is not None and resumed.stopped else request.fit.epochs
         validation = None if splits.x_val is None else (splits.x_val, splits.y_val)
-        history = model.fit(
+        model.fit(
             splits.x_train,
             splits.y_train,
-            epochs=request.fit.epochs,
+            epochs=epochs,
+            initial_epoch=initial_epoch,
             batch_size=request.fit.batch_size,
             validation_split=request.fit.validation_split,
             validation_data=validation,
@@ -536,15 +694,15 @@ def _train(run: JobRun, request: TrainRequest) -> str:
             verbose=0,
         )
         run.check()
-        epochs_run = len(history.epoch)
-        outcome = callbacks.outcome(model, epochs_run)
+        history = callbacks.state.history  # every epoch of the job, those before a resume too
+        outcome = callbacks.outcome(model, len(history))
     evaluation = None
     if splits.x_test is not None and splits.y_test is not None:
         scores = model.evaluate(splits.x_test, splits.y_test, batch_size=256, verbose=0, return_dict=True)
         evaluation = _finite(scores)
     # The published epoch's loss and metrics: the last epoch's, or the best one's when that is what is published.
     published = outcome["published_epoch"]
-    metrics = _finite({key: values[published - 1] for key, values in history.history.items()}) if published else {}
+    metrics = _finite(history[published - 1]) if published else {}
 
     model_id = new_id()
     store = settings.model_store
@@ -582,6 +740,7 @@ def _train(run: JobRun, request: TrainRequest) -> str:
                 model=row,
                 evaluation=evaluation,
                 training=outcome,
+                resumed_from_epoch=run.resumed_from,
             )
     except BaseException:
         final.unlink(missing_ok=True)
@@ -597,5 +756,6 @@ def _train(run: JobRun, request: TrainRequest) -> str:
             ours = jobs.still_holds(session=session, job_id=job_id, worker_id=run.worker_id, attempt=run.attempt)
         log.warning("job %s: model discarded, the job was %s meanwhile", job_id, "cancelled" if ours else "taken over")
         return _stopped(run, "cancelled" if ours else "lost")
+    _ended(run)
     log.info("job %s succeeded: model %s", job_id, model_id)
     return "succeeded"
