@@ -22,7 +22,7 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
@@ -684,5 +684,22 @@ def list_experiments(
     return rows, count
 
 
-def running_experiments(*, session: Session) -> list[str]:
-    return list(session.scalars(select(ExperimentRow.id).where(ExperimentRow.status == ExperimentStatus.RUNNING)))
+def stalled_experiments(*, session: Session, before: datetime) -> list[str]:
+    """Running experiments that nothing will advance: none of their trials is queued or running (the next to end
+    would advance it), none is being advanced, and none has changed since ``before``. An API process that died
+    after recording one, a worker that died between a trial's end and advancing its experiment, a trial failed
+    by the reconciler: each leaves one of these."""
+    active = (
+        select(JobRow.id)
+        .where(JobRow.experiment_id == ExperimentRow.id, JobRow.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
+        .exists()
+    )
+    recent = select(JobRow.id).where(JobRow.experiment_id == ExperimentRow.id, JobRow.finished_at >= before).exists()
+    query = select(ExperimentRow.id).where(
+        ExperimentRow.status == ExperimentStatus.RUNNING,
+        ExperimentRow.created_at < before,
+        (ExperimentRow.advancing_until.is_(None)) | (ExperimentRow.advancing_until < before),
+        ~active,
+        ~recent,
+    )
+    return list(session.scalars(query))

@@ -67,6 +67,10 @@ def marker(job_id: str) -> str:
     return f"trainserve:sent:{job_id}"
 
 
+def advance_marker(experiment_id: str) -> str:
+    return f"trainserve:advance:{experiment_id}"
+
+
 class JobQueue:
     """Where training jobs go: one Celery message per job and, beside it in Redis, a marker that says the message
     was sent and not yet taken by a worker. The reconciler asks for the markers of the jobs it wonders about, at a
@@ -93,9 +97,16 @@ class JobQueue:
         self.redis.set(marker(job_id), 1, ex=self.MARKER_SECONDS)
         self.celery.send_task(TRAIN_TASK, args=[job_id], task_id=job_id)
 
-    def advance(self, experiment_id: str) -> None:
-        """Have a worker bring an experiment up to date."""
+    def advance(self, experiment_id: str) -> bool:
+        """Have a worker bring an experiment up to date, unless such a request is already waiting (its marker, as
+        a job's, goes when a worker takes it): however many reconcilers ask, one message waits at a time."""
+        if not self.redis.set(advance_marker(experiment_id), 1, nx=True, ex=self.MARKER_SECONDS):
+            return False
         self.celery.send_task(ADVANCE_TASK, args=[experiment_id])
+        return True
+
+    def advance_taken(self, experiment_id: str) -> None:
+        self.redis.delete(advance_marker(experiment_id))
 
     def taken(self, job_id: str) -> None:
         """A worker has the job's message."""

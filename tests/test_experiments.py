@@ -304,3 +304,44 @@ def test_unknown_experiments_are_404(api: TestClient) -> None:
         answer = api.request(method, f"/experiments/{missing}{path}")
         assert answer.status_code == 404, (path, answer.text)
     assert httpx.codes.is_error(api.get("/experiments/not-an-id").status_code)
+
+
+def test_an_experiment_left_with_nothing_to_advance_it_is_taken_up_by_the_reconciler(
+    api: TestClient, two_workers: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API process dies right after recording an experiment, before asking its first trials (advance does
+    nothing here, as a dead process would); a lease's length later, a worker's reconciler hands it to a pool
+    process, which asks its trials, and it ends as any other."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from service import experiments
+    from service.db import ExperimentRow, session_scope, utcnow
+    from service.queue import JobQueue
+    from service.spec.experiment import ExperimentRequest
+    from worker.reconciler import reconcile
+
+    body = quick(experiment_examples()["experiment_activation"], epochs=1)
+    queue = JobQueue(two_workers)
+    with monkeypatch.context() as crashed:
+        crashed.setattr(experiments, "advance", lambda *args: None)
+        with session_scope(two_workers.database_url) as session:
+            created = experiments.create_experiment(
+                ExperimentRequest.model_validate(body), session=session, settings=two_workers, queue=queue
+            )
+    experiment_id = created.experiment_id
+    assert api.get(f"/experiments/{experiment_id}").json()["trials"] == []
+    assert experiment_id not in reconcile(two_workers, queue).advanced, "not before a lease's length"
+    with session_scope(two_workers.database_url) as session:
+        session.execute(
+            update(ExperimentRow)
+            .where(ExperimentRow.id == experiment_id)
+            .values(created_at=utcnow() - timedelta(hours=1))
+        )
+    assert reconcile(two_workers, queue).advanced == [experiment_id]
+    assert experiment_id not in reconcile(two_workers, queue).advanced, "one request waiting at a time"
+    experiment = Watch(api, experiment_id).until_finished(timeout=120)
+    assert experiment["status"] == "succeeded", experiment
+    assert len(experiment["trials"]) == 2
+    queue.close()

@@ -8,6 +8,9 @@
   `WorkerLost`, cancelled while queued), whose record then keeps only where its last attempt resumed from; one
   left by an attempt that died while writing a checkpoint, before recording it, or before removing the one it
   replaced.
+- A running experiment that nothing will advance (no trial of it queued or running, nobody advancing it, nothing
+  changed for a lease's length: its API process died after recording it, or its last trial's worker died before
+  advancing it) is handed to a pool process to advance, one request waiting at a time.
 
 Every change is a compare-and-set on the job row, so several workers reconciling at once do each thing once.
 Runs in the Celery parent process on its timer; it never imports TensorFlow.
@@ -22,7 +25,7 @@ from typing import Any
 
 from celery import bootsteps
 
-from service import jobs
+from service import experiments, jobs
 from service.db import FINISHED_STATUSES, JobRow, JobStatus, session_scope, utcnow
 from service.queue import JobQueue
 from service.settings import Settings, get_settings
@@ -38,6 +41,7 @@ class Report:
     cancelled: list[str] = field(default_factory=list)
     redispatched: list[str] = field(default_factory=list)
     swept: list[str] = field(default_factory=list)  # checkpoint files
+    advanced: list[str] = field(default_factory=list)  # experiments nothing else would advance
 
 
 # Queued jobs looked at per round, oldest first: a round's cost stays the same however long the backlog.
@@ -73,7 +77,10 @@ def reconcile(settings: Settings, queue: JobQueue) -> Report:
         queue.send(job.id)
         report.redispatched.append(job.id)
     report.swept = sweep_checkpoints(settings)
-    for kind in ("requeued", "failed", "cancelled", "redispatched", "swept"):
+    with session_scope(settings.database_url) as session:
+        stalled = experiments.stalled_experiments(session=session, before=now - grace)
+    report.advanced = [experiment_id for experiment_id in stalled if queue.advance(experiment_id)]
+    for kind in ("requeued", "failed", "cancelled", "redispatched", "swept", "advanced"):
         ids = getattr(report, kind)
         if ids:
             log.warning("reconciler: %s %s", kind, ", ".join(ids))

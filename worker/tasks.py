@@ -39,12 +39,21 @@ def train(self: Task, job_id: str) -> str:
         experiment_id = session.scalar(select(JobRow.experiment_id).where(JobRow.id == job_id))
     if experiment_id is not None:
         # A trial ended (or was not this worker's to run): its experiment tells the study and asks the next.
-        advance(experiment_id)
+        _advance(experiment_id)
     return status
 
 
 @app.task(name=ADVANCE_TASK)
 def advance(experiment_id: str) -> None:
+    """The reconciler's request to advance an experiment nothing else would (see ``stalled_experiments``)."""
+    try:
+        _queue().advance_taken(experiment_id)
+    except redis.RedisError:
+        log.warning("experiment %s: could not clear its advance marker; it will expire", experiment_id)
+    _advance(experiment_id)
+
+
+def _advance(experiment_id: str) -> None:
     try:
         experiments.advance(get_settings(), _queue(), experiment_id)
     except Exception:

@@ -55,6 +55,7 @@ from service.store import (
     write_checkpoint,
 )
 from worker import checkpoints
+from worker.trials import TrialPruning, trial_pruning
 
 log = logging.getLogger(__name__)
 
@@ -336,6 +337,8 @@ class Callbacks:
     checkpoint: tuple[CheckpointCallback, CheckpointWatch, Path] | None
     # Last in ``keras``: resumes the job, checkpoints every epoch, and has the whole history once fit() returns.
     state: EpochCheckpoint
+    # A trial of an experiment with a pruner: reports each epoch to the study, which may stop it there.
+    pruning: TrialPruning | None = None
 
     @classmethod
     def build(cls, request: TrainRequest, run: JobRun, scratch: Path) -> Callbacks:
@@ -355,8 +358,11 @@ class Callbacks:
             if isinstance(spec, EarlyStoppingCallback):
                 early.append((spec, keras_callback))
         built.append(EpochReporter(run))
+        pruning = trial_pruning(run.settings, run.job_id, request)
+        if pruning is not None:
+            built.append(pruning)
         state = EpochCheckpoint(run, list(built))
-        return cls([*built, state], early, checkpoint, state)
+        return cls([*built, state], early, checkpoint, state, pruning)
 
     def outcome(self, model: Any, epochs_run: int) -> dict[str, Any]:
         """How training ended, after fit() returned (``TrainingOutcome`` in the API); loads the checkpoint's
@@ -376,10 +382,14 @@ class Callbacks:
                 model.load_weights(str(path))
                 published = watch.best_epoch
         stopped = next(((spec, cb) for spec, cb in self.early_stopping if cb.stopped_epoch > 0), None)
+        stopped_epoch = None if stopped is None else int(stopped[1].stopped_epoch) + 1
+        stop_reason = None if stopped is None else _stop_reason(*stopped)
+        if self.pruning is not None and self.pruning.pruned_epoch is not None:
+            stopped_epoch, stop_reason = self.pruning.pruned_epoch, self.pruning.reason
         return {
             "epochs_run": epochs_run,
-            "stopped_epoch": None if stopped is None else int(stopped[1].stopped_epoch) + 1,
-            "stop_reason": None if stopped is None else _stop_reason(*stopped),
+            "stopped_epoch": stopped_epoch,
+            "stop_reason": stop_reason,
             "best_epoch": best_epoch,
             "monitor": monitor,
             "published_epoch": published,
