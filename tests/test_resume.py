@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import os
 import signal
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -148,6 +150,18 @@ def weights(api: TestClient, model_id: str) -> list[np.ndarray[Any, Any]]:
         return [np.asarray(w) for w in keras.saving.load_model(path, compile=False).get_weights()]
 
 
+def follow_epochs(api: TestClient, job_id: str, events: list[tuple[int, int]]) -> None:
+    """(attempt, epoch) of each `epoch` event of the job's stream, until it ends."""
+    with api.stream("GET", f"/jobs/{job_id}/events") as stream:
+        kind = None
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                kind = line.removeprefix("event: ")
+            elif line.startswith("data: ") and kind == "epoch":
+                data = json.loads(line.removeprefix("data: "))
+                events.append((data["attempt"], data["epoch"]))
+
+
 def assert_same_weights(api: TestClient, model_id: str, expected_id: str) -> None:
     got, expected = weights(api, model_id), weights(api, expected_id)
     assert [w.shape for w in got] == [w.shape for w in expected]
@@ -169,11 +183,20 @@ def test_a_killed_pool_process_resumes_after_its_last_checkpoint_with_the_same_w
     before = epochs_trained(api)
     references.send(body)
     job_id = submit(api, body)
+    events: list[tuple[int, int]] = []
+    follower = threading.Thread(target=follow_epochs, args=(api, job_id, events))
+    follower.start()
     checkpointed = kill_after_checkpoint(cluster, job_id, 20)
 
     job = wait_for_job(api, job_id)
+    follower.join(timeout=30)
     assert job["status"] == "succeeded", job["error"]
     assert job["attempts"] == 2
+    # The event stream sent the epochs up to the checkpoint once; those after it, trained again, again.
+    resumed = job["resumed_from_epoch"]
+    assert [epoch for attempt, epoch in events if attempt == 2] == list(range(resumed + 1, 31))
+    assert sorted({epoch for _, epoch in events}) == list(range(1, 31))
+    assert [epoch for _, epoch in events].count(resumed) == 1
     assert checkpointed >= 20
     assert checkpointed <= job["resumed_from_epoch"] < 30, "it resumed after the checkpoint it was killed after"
     assert [row["epoch"] for row in job["history"]] == list(range(1, 31))

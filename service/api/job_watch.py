@@ -20,6 +20,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
 from service.db import EpochRow, JobRow, session_scope
+from service.jobs import resumed_from_epoch
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ class Snapshot:
     attempt: int
     status: str
     history: list[dict[str, Any]]
+    # The epoch its attempt resumed after (its epochs up to there are the earlier attempt's, kept), else 0.
+    resumed_from: int = 0
 
 
 def _job_state(row: JobRow) -> dict[str, Any]:
@@ -46,6 +49,7 @@ def _job_state(row: JobRow) -> dict[str, Any]:
         "error": {"type": row.error_type, "message": row.error_message} if row.error_type else None,
         "cancel_requested": row.cancel_requested,
         "training": row.training,
+        "resumed_from_epoch": resumed_from_epoch(row.checkpoint),
     }
 
 
@@ -68,7 +72,8 @@ def read_snapshots(database_url: str, known: dict[str, Snapshot | None]) -> dict
                 select(EpochRow).where(EpochRow.job_id == row.id, EpochRow.epoch > seen).order_by(EpochRow.epoch)
             ).all()
             history = (before.history if before is not None else []) + [{"epoch": e.epoch, **e.metrics} for e in epochs]
-            changed[row.id] = Snapshot(_job_state(row), row.attempts, row.status, history)
+            state = _job_state(row)
+            changed[row.id] = Snapshot(state, row.attempts, row.status, history, state["resumed_from_epoch"] or 0)
     return changed
 
 

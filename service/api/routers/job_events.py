@@ -3,9 +3,9 @@
 One `status` event per status change and one `epoch` event per finished epoch, read from the database (the source
 of truth, whichever worker runs the job) by one poll shared by every stream (``job_watch``). Each event id is
 `<attempt>.<epoch>`, so a client that reconnects with `Last-Event-ID` gets the current status and only the epochs
-it has not seen; a retried job starts its epochs over under a new attempt number. Comment lines keep idle
-connections open; the stream ends with the job, or after `TRAINSERVE_EVENT_STREAM_MAX_SECONDS`, when the client
-reconnects and goes on.
+it has not seen; a job taken over goes on under a new attempt number after its last checkpoint, and its epochs
+after that checkpoint (trained again) are sent again. Comment lines keep idle connections open; the stream ends
+with the job, or after `TRAINSERVE_EVENT_STREAM_MAX_SECONDS`, when the client reconnects and goes on.
 """
 
 from __future__ import annotations
@@ -62,7 +62,9 @@ async def _stream(
             while True:
                 version, snapshot = watched.version, watched.snapshot
                 if snapshot.attempt != attempt:
-                    attempt, epoch = snapshot.attempt, 0  # a new attempt trains from the first epoch again
+                    # A new attempt goes on after its checkpoint (or from the first epoch without one): the epochs
+                    # up to there are those already seen; any after them are trained, and sent, again.
+                    attempt, epoch = snapshot.attempt, min(epoch, snapshot.resumed_from)
                 for row in snapshot.history:
                     if row["epoch"] > epoch:
                         epoch = row["epoch"]
