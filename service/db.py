@@ -124,7 +124,8 @@ class JobRow(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     request_sha256: Mapped[str | None] = mapped_column(String(64))
     # The last finished epoch's training state in the model store, which a taken-over job resumes from:
-    # {"epoch", "attempt", "file", "sha256", "size_bytes"}; None before the first epoch and once the job has ended.
+    # {"epoch", "attempt", "file", "sha256", "size_bytes", "resumed_from_epoch"}; None before the first epoch.
+    # Once the job has ended only {"resumed_from_epoch"} stays, where its last attempt went on from (if it did).
     checkpoint: Mapped[dict[str, Any] | None]
     # A trial of an experiment: the experiment, the trial's number in its study, and its parameters by JSON path.
     experiment_id: Mapped[str | None] = mapped_column(String(32), index=True)
