@@ -131,3 +131,31 @@ def test_a_seeded_search_asks_the_same_trials_whichever_process_asks(tmp_path: A
     first, again = draws("one"), draws("two")
     assert first == again
     assert len(set(first)) == 4
+
+
+def test_each_pruner_is_optunas_own_with_epochs_as_its_steps() -> None:
+    import optuna
+
+    def made(pruner: dict[str, Any]) -> Any:
+        return experiments.pruner(experiment({"fit.batch_size": {"type": "choice", "values": [16]}}, pruner=pruner))
+
+    assert isinstance(
+        experiments.pruner(experiment({"fit.batch_size": {"type": "choice", "values": [16]}})), optuna.pruners.NopPruner
+    )
+    assert isinstance(made({"type": "median"}), optuna.pruners.MedianPruner)
+    assert isinstance(made({"type": "successive_halving", "min_resource": 2}), optuna.pruners.SuccessiveHalvingPruner)
+    hyperband = made({"type": "hyperband", "min_resource": 1, "reduction_factor": 3})
+    assert isinstance(hyperband, optuna.pruners.HyperbandPruner)
+    # The median pruner never stops a trial within its warm-up epochs: epoch 1 here, epochs counted from 1.
+    study = optuna.create_study(
+        direction="maximize", pruner=made({"type": "median", "n_startup_trials": 1, "n_warmup_steps": 1})
+    )
+    good = study.ask()
+    for epoch in (1, 2):
+        good.report(0.9, epoch)
+    study.tell(good, 0.9)
+    bad = study.ask()
+    bad.report(0.1, 1)
+    assert not bad.should_prune(), "epoch 1 is the warm-up"
+    bad.report(0.1, 2)
+    assert bad.should_prune()
