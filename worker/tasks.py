@@ -45,12 +45,15 @@ def train(self: Task, job_id: str) -> str:
 
 @app.task(name=ADVANCE_TASK)
 def advance(experiment_id: str) -> None:
-    """The reconciler's request to advance an experiment nothing else would (see ``stalled_experiments``)."""
+    """The reconciler's request to advance an experiment nothing else would (see ``stalled_experiments``). Its
+    marker stays while it runs, so that no reconciler asks again meanwhile."""
     try:
-        _queue().advance_taken(experiment_id)
-    except redis.RedisError:
-        log.warning("experiment %s: could not clear its advance marker; it will expire", experiment_id)
-    _advance(experiment_id)
+        _advance(experiment_id)
+    finally:
+        try:
+            _queue().advance_taken(experiment_id)
+        except redis.RedisError:
+            log.warning("experiment %s: could not clear its advance marker; it will expire", experiment_id)
 
 
 def _advance(experiment_id: str) -> None:
