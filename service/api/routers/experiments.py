@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
 from functools import partial
@@ -14,14 +13,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
-from starlette.background import BackgroundTask
 
 from service import experiments, jobs
+from service.api import sse
 from service.api.deps import Limit, Offset, QueueDep, SessionDep, SettingsDep
-from service.api.errors import ApiError, invalid_body, item, not_found, parse_json_body, responses, validation_error
+from service.api.errors import invalid_body, item, not_found, parse_json_body, responses, validation_error
 from service.api.experiment_schemas import Curve, Curves, ExperimentCreated, ExperimentList, ExperimentRead, trial_state
-from service.api.job_watch import JobWatch, StreamLimitError
-from service.api.middleware import client_of
 from service.api.params import ExperimentId
 from service.api.routers.jobs import EPOCH_ROW_BYTES
 from service.db import ExperimentRow, ExperimentStatus, session_scope
@@ -174,11 +171,6 @@ async def cancel_experiment(
     return _read(session, fresh)
 
 
-def _event(kind: str, event_id: str, data: dict[str, Any]) -> bytes:
-    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str)
-    return f"id: {event_id}\nevent: {kind}\ndata: {payload}\n\n".encode()
-
-
 def _snapshot(url: str, experiment_id: str) -> ExperimentRead | None:
     with session_scope(url) as session:
         row = session.get(ExperimentRow, experiment_id)
@@ -201,13 +193,13 @@ async def _stream(
                 if sent.get(trial.number) != state:
                     sent[trial.number] = state
                     sequence += 1
-                    yield _event("trial", str(sequence), state)
+                    yield sse.event("trial", str(sequence), state)
                     last_sent = time.monotonic()
             state = current.model_dump(mode="json", exclude={"trials", "spec"})
             if state != summary:
                 summary = state
                 sequence += 1
-                yield _event("experiment", str(sequence), state)
+                yield sse.event("experiment", str(sequence), state)
                 last_sent = time.monotonic()
             if current.status != ExperimentStatus.RUNNING or time.monotonic() - started >= max_seconds:
                 return
@@ -223,20 +215,13 @@ async def _stream(
 @router.get(
     "/{experiment_id}/events",
     response_class=StreamingResponse,
-    responses={
-        **responses(404, 429),
-        200: {"content": {"text/event-stream": {}}, "description": "An event stream."},
-    },
+    responses=sse.STREAM_RESPONSES,
 )
 async def experiment_events(experiment_id: ExperimentId, request: Request, settings: SettingsDep) -> StreamingResponse:
     """Follow an experiment live: `event: trial` whenever a trial changes (state, progress, last epoch,
     objective), `event: experiment` whenever the experiment's status, counts or best trial change. Ends with the
     experiment. Counts against the same stream limits as the job streams."""
-    watch: JobWatch = request.app.state.job_watch
-    try:
-        slot = watch.reserve(client_of(request.scope))
-    except StreamLimitError as exc:
-        raise ApiError(429, "too_many_streams", exc.message, headers={"Retry-After": "5"}) from exc
+    slot = sse.reserve(request)
     try:
         first = await run_in_threadpool(_snapshot, settings.database_url, experiment_id)
     except BaseException:
@@ -253,7 +238,4 @@ async def experiment_events(experiment_id: ExperimentId, request: Request, setti
         settings.sse_heartbeat,
         settings.event_stream_max_seconds,
     )
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(
-        stream, media_type="text/event-stream", headers=headers, background=BackgroundTask(slot.release)
-    )
+    return sse.respond(stream, slot)

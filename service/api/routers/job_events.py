@@ -11,19 +11,17 @@ with the job, or after `TRAINSERVE_EVENT_STREAM_MAX_SECONDS`, when the client re
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import StreamingResponse
-from starlette.background import BackgroundTask
 
+from service.api import sse
 from service.api.deps import SettingsDep
-from service.api.errors import ApiError, not_found, responses
-from service.api.job_watch import JobWatch, Slot, Snapshot, StreamLimitError
-from service.api.middleware import client_of
+from service.api.errors import not_found
+from service.api.job_watch import JobWatch, Slot, Snapshot
 from service.api.params import JobId
 from service.db import FINISHED_STATUSES, JobStatus
 
@@ -37,11 +35,6 @@ def _parse_last_event_id(value: str | None) -> tuple[int, int]:
         return int(attempt), int(epoch)
     except ValueError:
         return 0, 0
-
-
-def _event(kind: str, event_id: str, data: dict[str, Any]) -> bytes:
-    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    return f"id: {event_id}\nevent: {kind}\ndata: {payload}\n\n".encode()
 
 
 async def _stream(
@@ -68,11 +61,11 @@ async def _stream(
                 for row in snapshot.history:
                     if row["epoch"] > epoch:
                         epoch = row["epoch"]
-                        yield _event("epoch", f"{attempt}.{epoch}", {"attempt": attempt, **row})
+                        yield sse.event("epoch", f"{attempt}.{epoch}", {"attempt": attempt, **row})
                         last_sent = time.monotonic()
                 if snapshot.status != status:
                     status = snapshot.status
-                    yield _event("status", f"{attempt}.{epoch}", snapshot.job)
+                    yield sse.event("status", f"{attempt}.{epoch}", snapshot.job)
                     last_sent = time.monotonic()
                 if JobStatus(status) in FINISHED_STATUSES:
                     return
@@ -95,10 +88,7 @@ async def _stream(
 @router.get(
     "/{job_id}/events",
     response_class=StreamingResponse,
-    responses={
-        **responses(404, 429),
-        200: {"content": {"text/event-stream": {}}, "description": "An event stream."},
-    },
+    responses=sse.STREAM_RESPONSES,
 )
 async def job_events(
     job_id: JobId,
@@ -110,10 +100,7 @@ async def job_events(
     status change (the job's status, progress, model_id, error). Ends when the job ends (or after an hour: reconnect
     with `Last-Event-ID` to go on). A client may hold `TRAINSERVE_MAX_EVENT_STREAMS_PER_CLIENT` streams at once."""
     watch: JobWatch = request.app.state.job_watch
-    try:
-        slot = watch.reserve(client_of(request.scope))
-    except StreamLimitError as exc:
-        raise ApiError(429, "too_many_streams", exc.message, headers={"Retry-After": "5"}) from exc
+    slot = sse.reserve(request)
     try:
         first = await watch.first(job_id)
     except BaseException:
@@ -131,8 +118,4 @@ async def job_events(
         settings.sse_heartbeat,
         settings.event_stream_max_seconds,
     )
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    # The slot is released when the stream ends, and also when the response ends before the stream ever started.
-    return StreamingResponse(
-        stream, media_type="text/event-stream", headers=headers, background=BackgroundTask(slot.release)
-    )
+    return sse.respond(stream, slot)
