@@ -45,6 +45,7 @@ from service.db import (
 from service.queue import JobQueue
 from service.settings import Settings
 from service.spec import TrainRequest
+from service.spec.base import format_path
 from service.spec.experiment import ChoiceSpace, ExperimentRequest, FloatSpace, IntSpace, Loc, with_values
 from service.submit import IdempotencyConflictError, InvalidRequestError, check_build, check_limits
 
@@ -204,13 +205,6 @@ def _json_loc(loc: Sequence[str | int], body: Any) -> Loc:
             node = None
         out.append(part)
     return tuple(out)
-
-
-def format_path(loc: Sequence[str | int]) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
 
 
 def _values_text(values: dict[str, Any]) -> str:
@@ -390,10 +384,6 @@ def create_experiment(
     return Created(experiment_id, ExperimentStatus.RUNNING, wanted, checked)
 
 
-def _changed(result: Any) -> bool:
-    return int(result.rowcount) == 1
-
-
 # --- advancing ----------------------------------------------------------------------------------------------------
 
 
@@ -416,7 +406,7 @@ def advance(settings: Settings, queue: JobQueue, experiment_id: str) -> None:
                 )
                 .values(advancing_until=now + ADVANCE_LEASE)
             )
-            if not _changed(taken):
+            if not jobs.changed(taken):
                 return
             seen = session.scalar(select(ExperimentRow.wakeups).where(ExperimentRow.id == experiment_id))
         try:
@@ -428,7 +418,7 @@ def advance(settings: Settings, queue: JobQueue, experiment_id: str) -> None:
                     .where(ExperimentRow.id == experiment_id, ExperimentRow.wakeups == seen)
                     .values(advancing_until=None)
                 )
-                again = not _changed(released)
+                again = not jobs.changed(released)
                 if again:
                     session.execute(
                         update(ExperimentRow).where(ExperimentRow.id == experiment_id).values(advancing_until=None)

@@ -144,7 +144,7 @@ def claim_job(
                 error_message=worker_lost_message(job.attempts),
             )
         )
-        return Claim.EXHAUSTED if _changed(failed) else Claim.NOT_CLAIMABLE
+        return Claim.EXHAUSTED if changed(failed) else Claim.NOT_CLAIMABLE
     claimed = session.execute(
         update(JobRow)
         .where(*where)
@@ -158,7 +158,7 @@ def claim_job(
             checkpoint=None if resumed is None else {**resumed, "resumed_from_epoch": resumed["epoch"]},
         )
     )
-    if not _changed(claimed):
+    if not changed(claimed):
         return Claim.NOT_CLAIMABLE
     dropped = delete(EpochRow).where(EpochRow.job_id == job_id)
     if resumed is not None:
@@ -200,7 +200,8 @@ def _orphaned(job: JobRow, now: datetime, holder_alive: Callable[[str], bool]) -
     return job.worker_id is not None and not holder_alive(job.worker_id)
 
 
-def _changed(result: Any) -> bool:
+def changed(result: Any) -> bool:
+    """Whether a compare-and-set UPDATE moved its one row (else another process got there first)."""
     return int(result.rowcount) == 1
 
 
@@ -225,7 +226,7 @@ def renew_lease(
         .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
     )
     cancel = session.scalar(select(JobRow.cancel_requested).where(JobRow.id == job_id))
-    return _changed(renewed), bool(cancel)
+    return changed(renewed), bool(cancel)
 
 
 def record_epoch(
@@ -241,7 +242,7 @@ def record_epoch(
     """Add a finished epoch to the job's history; False (and nothing written) if the job is no longer this
     attempt's."""
     moved = session.execute(update(JobRow).where(*_holds(job_id, worker_id, attempt)).values(epoch=epoch))
-    if not _changed(moved):
+    if not changed(moved):
         return False
     session.add(EpochRow(job_id=job_id, epoch=epoch, metrics=metrics, seconds=seconds))
     if seconds is not None:
@@ -258,7 +259,7 @@ def record_checkpoint(
 ) -> bool:
     """Name the file that holds this attempt's latest checkpoint; False (and nothing written) if the job is no
     longer this attempt's: a worker cut off never replaces the checkpoint of the attempt that took its job over."""
-    return _changed(
+    return changed(
         session.execute(update(JobRow).where(*_holds(job_id, worker_id, attempt)).values(checkpoint=checkpoint))
     )
 
@@ -267,7 +268,7 @@ def start_over(*, session: Session, job_id: str, worker_id: str, attempt: int) -
     """This attempt cannot resume from the job's checkpoint: the job starts again from its first epoch, without
     the epochs the claim kept. False if the job is no longer this attempt's."""
     moved = session.execute(update(JobRow).where(*_holds(job_id, worker_id, attempt)).values(epoch=0, checkpoint=None))
-    if not _changed(moved):
+    if not changed(moved):
         return False
     session.execute(delete(EpochRow).where(EpochRow.job_id == job_id))
     return True
@@ -298,12 +299,12 @@ def clear_ended_checkpoint(*, session: Session, job: JobRow) -> bool:
         .where(JobRow.id == job.id, JobRow.status.in_(FINISHED_STATUSES))
         .values(checkpoint=_ended(resumed_from_epoch(job.checkpoint)))
     )
-    return _changed(done)
+    return changed(done)
 
 
 def record_execution(*, session: Session, job_id: str, worker_id: str, attempt: int, execution: dict[str, Any]) -> bool:
     """Note how this attempt's training runs (its ``keras_build.Execution``); False if the job is no longer its."""
-    return _changed(
+    return changed(
         session.execute(update(JobRow).where(*_holds(job_id, worker_id, attempt)).values(execution=execution))
     )
 
@@ -335,7 +336,7 @@ def complete_job(
             checkpoint=_ended(resumed_from_epoch),
         )
     )
-    if not _changed(done):
+    if not changed(done):
         return False
     registry.add_version(session=session, model=model)
     return True
@@ -370,7 +371,7 @@ def fail_job(
             checkpoint=_ended(resumed_from_epoch),
         )
     )
-    return _changed(done)
+    return changed(done)
 
 
 def finish_cancelled(
@@ -388,7 +389,7 @@ def finish_cancelled(
             checkpoint=_ended(resumed_from_epoch),
         )
     )
-    return _changed(done)
+    return changed(done)
 
 
 class CancelOutcome(enum.Enum):
@@ -414,7 +415,7 @@ def request_cancel(*, session: Session, job_id: str) -> CancelOutcome:
                 .where(JobRow.id == job_id, JobRow.status == JobStatus.QUEUED)
                 .values(status=JobStatus.CANCELLED, finished_at=utcnow(), cancel_requested=True)
             )
-            if _changed(done):
+            if changed(done):
                 return CancelOutcome.CANCELLED
         else:
             done = session.execute(
@@ -422,7 +423,7 @@ def request_cancel(*, session: Session, job_id: str) -> CancelOutcome:
                 .where(JobRow.id == job_id, JobRow.status == JobStatus.RUNNING)
                 .values(cancel_requested=True)
             )
-            if _changed(done):
+            if changed(done):
                 return CancelOutcome.REQUESTED
     raise RuntimeError(f"job {job_id} kept changing state while being cancelled")
 
@@ -460,7 +461,7 @@ def release_orphan(*, session: Session, job: JobRow, max_attempts: int) -> JobSt
         )
         .values(status=target, lease_expires_at=None, **values, **finished)
     )
-    return target if _changed(done) else None
+    return target if changed(done) else None
 
 
 def undispatched_jobs(*, session: Session, sent_before: datetime, limit: int) -> Sequence[JobRow]:
@@ -481,4 +482,4 @@ def claim_redispatch(*, session: Session, job: JobRow) -> bool:
         )
         .values(dispatched_at=utcnow())
     )
-    return _changed(done)
+    return changed(done)

@@ -32,6 +32,7 @@ from service.serving.errors import (
     TooManyInstancesError,
 )
 from service.spec import SHAPE_TAGS
+from service.spec.base import format_path
 from service.submit import IdempotencyConflictError, InvalidRequestError, QueueUnavailableError, SubmitError
 
 log = logging.getLogger(__name__)
@@ -201,13 +202,6 @@ def validation_error(items: Sequence[ErrorItem]) -> ApiError:
     count = len(items)
     summary = items[0].message if count == 1 else f"{count} problems in the request"
     return ApiError(422, "validation_error", summary, items)
-
-
-def format_path(loc: Sequence[str | int]) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
 
 
 _TAG_LIST = re.compile(r"'([^']*)'")

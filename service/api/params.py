@@ -5,13 +5,24 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Path
+from fastapi import Header, Path
 from starlette.convertors import Convertor, register_url_convertor
 
 from service.db import ID_PATTERN
 from service.registry import VERSION_PATTERN
 
 JobId = Annotated[str, Path(description="Job id as returned by POST /train.", pattern=ID_PATTERN)]
+# POST /train's and POST /experiments' header: a retried submit gets back what the first one made.
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        description="Send the same key again (after a timeout, say) to get back what the first request made "
+        "instead of a second one.",
+    ),
+]
 ExperimentId = Annotated[str, Path(description="Experiment id as returned by POST /experiments.", pattern=ID_PATTERN)]
 ModelId = Annotated[str, Path(description="Model id, from a succeeded job.", pattern=ID_PATTERN)]
 DatasetId = Annotated[

@@ -4,6 +4,7 @@ choices, and the strict base model every part is."""
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from typing import Annotated
 
 from pydantic import (
@@ -160,6 +161,15 @@ JobName = Annotated[
 ]
 PositiveInt = Annotated[int, Field(ge=1)]
 Pair = PositiveInt | Annotated[list[PositiveInt], Field(min_length=2, max_length=2)]
+
+
+def format_path(loc: Sequence[str | int]) -> str:
+    """A location in a request as its JSON path reads: ``("model", "layers", 1, "units")`` is
+    ``model.layers[1].units``."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
 
 
 def pair(value: int | list[int]) -> int | tuple[int, int]:

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from functools import partial
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
@@ -19,7 +19,7 @@ from service.api import sse
 from service.api.deps import Limit, Offset, QueueDep, SessionDep, SettingsDep
 from service.api.errors import invalid_body, item, not_found, parse_json_body, responses, validation_error
 from service.api.experiment_schemas import Curve, Curves, ExperimentCreated, ExperimentList, ExperimentRead, trial_state
-from service.api.params import ExperimentId
+from service.api.params import ExperimentId, IdempotencyKey
 from service.api.routers.jobs import EPOCH_ROW_BYTES
 from service.db import ExperimentRow, ExperimentStatus, session_scope
 from service.examples import experiment_openapi_examples
@@ -65,15 +65,7 @@ async def create_experiment(
     session: SessionDep,
     settings: SettingsDep,
     queue: QueueDep,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            min_length=1,
-            max_length=200,
-            description="Send the same key again to get the first experiment instead of a second.",
-        ),
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> ExperimentCreated:
     """Validate the experiment, dry-build its trials (every one of a small space; the base and each trial before
     it is queued otherwise), record its Optuna study and queue its first `max_parallel` trials as jobs. A space

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
 from service.api import links
 from service.api.deps import QueueDep, SessionDep, SettingsDep
 from service.api.errors import invalid_body, parse_json_body, responses
+from service.api.params import IdempotencyKey
 from service.api.schemas import BuildEstimate, JobCreated
 from service.examples import openapi_examples
 from service.spec import TrainRequest
@@ -50,15 +51,7 @@ async def train(
     session: SessionDep,
     settings: SettingsDep,
     queue: QueueDep,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            min_length=1,
-            max_length=200,
-            description="Send the same key again (after a timeout, say) to get the first job instead of a second.",
-        ),
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JobCreated:
     """Validate the spec, build the model once without training it (so shape errors are a 422 now, not a failed
     job later), record the job and queue it. Poll `Location` (`GET /jobs/{job_id}`) for progress."""
