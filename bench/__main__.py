@@ -40,8 +40,8 @@ import numpy as np
 from bench.data import write_fashion_mnist
 from bench.load import Target, http_request, throughputs, timed
 from bench.processes import serving
-from service.client import Client
 from service.embedded import free_port
+from trainserve import Client
 
 HOST = "127.0.0.1"
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "fashion_mnist_sigmoid.json"
@@ -50,13 +50,13 @@ KSERVE_MODEL = "fashion"  # bench/kserve_peer.py's model name
 
 def train_in_service(base: str, spec: dict[str, Any]) -> tuple[float, dict[str, Any]]:
     """POST /train, then follow the job's event stream, as `trainserve train --watch` does, until it ends."""
-    client = Client(base)
-    start = time.perf_counter()
-    job_id = client.json("POST", "/train", json=spec)["job_id"]
-    for _event in client.events(job_id):
-        pass
-    seconds = time.perf_counter() - start
-    job: dict[str, Any] = client.json("GET", f"/jobs/{job_id}")
+    with Client(base) as client:
+        start = time.perf_counter()
+        followed = client.train(spec)
+        for _event in followed.events():
+            pass
+        seconds = time.perf_counter() - start
+        job: dict[str, Any] = dict(followed.refresh().record)
     if job["status"] != "succeeded":
         raise RuntimeError(f"the benchmark's training job failed: {job['error']}")
     return seconds, job
@@ -348,9 +348,10 @@ def experiment(base: str, env: dict[str, str], workdir: Path) -> list[tuple[str,
     client = Client(base)
     print("the six-optimizer experiment through the service …", flush=True)
     start = time.perf_counter()
-    experiment_id = client.json("POST", "/experiments", json=body)["experiment_id"]
-    while (done := client.json("GET", f"/experiments/{experiment_id}"))["status"] == "running":
+    followed = client.experiments.create(body)
+    while followed.status == "running":
         time.sleep(0.2)
+    done = followed.record
     service = time.perf_counter() - start
     if done["status"] != "succeeded":
         raise RuntimeError(f"the benchmark's experiment ended {done['status']}: {done['error']}")
@@ -358,9 +359,9 @@ def experiment(base: str, env: dict[str, str], workdir: Path) -> list[tuple[str,
     scripts = workdir / "scripts"
     scripts.mkdir()
     plain = 0.0
-    for trial in done["trials"]:
+    for trial in followed.trials:
         path = scripts / f"trial_{trial['number']}.py"
-        path.write_text(client.request("GET", f"/jobs/{trial['job_id']}/script").text)
+        path.write_text(client.job(trial["job_id"]).script())
         start = time.perf_counter()
         subprocess.run([sys.executable, str(path)], cwd=scripts, env=env, check=True, capture_output=True)
         plain += time.perf_counter() - start

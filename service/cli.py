@@ -12,11 +12,11 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
-from service.client import (
+from service.logs import configure_logging
+from service.settings import get_settings
+from service.terminal import (
     EXIT_CODES,
     EXIT_REFUSED,
-    Client,
-    ClientError,
     experiments_table,
     jobs_table,
     models_table,
@@ -25,8 +25,8 @@ from service.client import (
     watch,
     watch_experiment,
 )
-from service.logs import configure_logging
-from service.settings import get_settings
+from trainserve import Client, TrainServeError
+from trainserve.client import DEFAULT_URL
 
 app = typer.Typer(
     help="TrainServe: train Keras models from a JSON spec over REST, then predict and summarise.",
@@ -108,7 +108,6 @@ Url = Annotated[str, typer.Option("--url", envvar="TRAINSERVE_URL", help="The ru
 ApiKey = Annotated[
     str | None, typer.Option("--api-key", envvar="TRAINSERVE_API_KEY", help="Sent as Authorization: Bearer.")
 ]
-DEFAULT_URL = "http://127.0.0.1:8000"
 # What a shell reports for a command stopped by Ctrl-C (128 + SIGINT).
 EXIT_INTERRUPTED = 130
 
@@ -121,7 +120,7 @@ def _run(action: Callable[[], int | None]) -> None:
     """Print a refused request as the API explains it, and exit 2."""
     try:
         code = action()
-    except ClientError as exc:
+    except TrainServeError as exc:
         Console(stderr=True).print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True)  # a problem a line
         raise typer.Exit(EXIT_REFUSED) from exc
     raise typer.Exit(code or 0)
@@ -140,14 +139,14 @@ def train_command(
     console = Console()
 
     def action() -> int:
-        client = _client(url, api_key)
-        created = client.json("POST", "/train", json=read_spec(spec))
-        build = created.get("build") or {}
-        params = f" ({build['total_params']:,} parameters)" if "total_params" in build else ""
-        console.print(f"job {created['job_id']} {created['status']}{params}")
+        job = _client(url, api_key).train(read_spec(spec))
+        assert job.created is not None
+        build = job.created["build"]
+        params = f" ({build['total_params']:,} parameters)" if build is not None else ""
+        console.print(f"job {job.id} {job.created['status']}{params}")
         if not watch_job:
             return 0
-        return EXIT_CODES.get(watch(client, created["job_id"], console), 1)
+        return EXIT_CODES.get(watch(job, console), 1)
 
     _run(action)
 
@@ -160,8 +159,7 @@ def jobs_command(
     api_key: ApiKey = None,
 ) -> None:
     """List jobs, newest first."""
-    params: dict[str, str | int] = {"limit": limit, "history": "last", **({"status": status} if status else {})}
-    _run(lambda: Console().print(jobs_table(_client(url, api_key).json("GET", "/jobs", params=params))))
+    _run(lambda: Console().print(jobs_table(_client(url, api_key).jobs(status=status, limit=limit))))
 
 
 @app.command("experiment")
@@ -182,9 +180,10 @@ def experiment_command(
     console = Console()
 
     def action() -> int:
-        client = _client(url, api_key)
-        created = client.create_experiment(read_spec(spec))
-        experiment_id = created["experiment_id"]
+        experiment = _client(url, api_key).experiments.create(read_spec(spec))
+        created = experiment.created
+        assert created is not None
+        experiment_id = experiment.id
         checked = (
             f"{created['checked']} dry-built at submit" if created["checked"] else "each checked before it is queued"
         )
@@ -194,7 +193,7 @@ def experiment_command(
         if not watching:
             return 0
         try:
-            ended = watch_experiment(client, experiment_id, console)
+            ended = watch_experiment(experiment, console)
         except KeyboardInterrupt:
             console.print(
                 f"stopped watching; experiment {experiment_id} goes on "
@@ -216,7 +215,7 @@ def experiments_command(
     api_key: ApiKey = None,
 ) -> None:
     """List experiments, newest first, with their trials' states and best trial."""
-    _run(lambda: Console().print(experiments_table(_client(url, api_key).experiments(status=status, limit=limit))))
+    _run(lambda: Console().print(experiments_table(_client(url, api_key).experiments.list(status=status, limit=limit))))
 
 
 @app.command("experiment-cancel")
@@ -228,8 +227,7 @@ def experiment_cancel_command(
     """Cancel an experiment: no more trials, queued ones cancelled, running ones stopped at their next batch."""
 
     def action() -> None:
-        experiment = _client(url, api_key).cancel_experiment(experiment_id)
-        status = experiment["status"]
+        status = _client(url, api_key).experiments.cancel(experiment_id).record["status"]
         waiting = " (cancel requested: running trials stop at their next batch)" if status == "running" else ""
         Console(highlight=False).print(f"experiment {experiment_id} {status}{waiting}", markup=False)
 
@@ -243,7 +241,7 @@ def models_command(
     api_key: ApiKey = None,
 ) -> None:
     """List trained models, newest first."""
-    _run(lambda: Console().print(models_table(_client(url, api_key).json("GET", "/models", params={"limit": limit}))))
+    _run(lambda: Console().print(models_table(_client(url, api_key).models(limit=limit))))
 
 
 @app.command("summary")
@@ -253,8 +251,8 @@ def summary_command(
     """Print a model's summary, as Keras' model.summary() does."""
 
     def action() -> None:
-        response = _client(url, api_key).request("GET", f"/models/{model_id}/summary", params={"format": "text"})
-        Console(highlight=False).print(response.text, end="", markup=False)
+        text = _client(url, api_key).model(model_id).summary_text
+        Console(highlight=False).print(text, end="", markup=False)
 
     _run(action)
 
@@ -272,15 +270,9 @@ def predict_command(
         try:
             body = instances.read_bytes()
         except OSError as exc:
-            raise ClientError(f"cannot read {instances}: {exc}") from exc
-        answer = _client(url, api_key).json(
-            "POST",
-            "/predict",
-            params={"model_id": model_id},
-            content=body,
-            headers={"Content-Type": "application/x-npy"},
-        )
-        Console().print(predictions_table(answer))
+            raise TrainServeError(f"cannot read {instances}: {exc}") from exc
+        model = _client(url, api_key).model(model_id)
+        Console().print(predictions_table(model.id, model.classify(body)))
 
     _run(action)
 

@@ -79,10 +79,24 @@ def get_model(*, session: Session, model_id: str) -> ModelRow | None:
     return session.get(ModelRow, model_id)
 
 
-def list_models(*, session: Session, limit: int, offset: int) -> tuple[Sequence[ModelRow], int]:
-    count = session.scalar(select(func.count()).select_from(ModelRow)) or 0
+def list_models(
+    *, session: Session, limit: int, offset: int, name: str | None = None, version: int | None = None
+) -> tuple[Sequence[ModelRow], int]:
+    """Models newest first; with ``name``, that name's versions, latest first (only ``version``, when given)."""
+    where = []
+    if name is not None:
+        where.append(ModelRow.name == name)
+    if version is not None:
+        where.append(ModelRow.version == version)
+    count = session.scalar(select(func.count()).select_from(ModelRow).where(*where)) or 0
     rows = session.scalars(
-        select(ModelRow).order_by(ModelRow.created_at.desc(), ModelRow.id.desc()).limit(limit).offset(offset)
+        select(ModelRow)
+        .where(*where)
+        .order_by(
+            *((ModelRow.version.desc(),) if name is not None else ()), ModelRow.created_at.desc(), ModelRow.id.desc()
+        )
+        .limit(limit)
+        .offset(offset)
     ).all()
     return rows, count
 

@@ -26,12 +26,15 @@ import httpx
 import pytest
 
 from bench.processes import serving
-from service.client import Experiment, Leaderboard, Trial, compact, stop_text
 from service.embedded import free_port
 from service.experiments import STOP_PRUNED
 from service.settings import Settings
+from service.terminal import Leaderboard
 from tests.conftest import WorkerProcess, settings_env
 from tests.test_cli import spec_file, trainserve
+from trainserve.experiments import compact, stop_text
+from trainserve.records import ExperimentRecord as Experiment
+from trainserve.records import TrialRecord as Trial
 
 ROOT = Path(__file__).resolve().parent.parent
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")

@@ -492,16 +492,18 @@ def test_crafted_predict_bodies_are_refused_in_each_protocols_format(hostile: Ho
 
 def test_a_client_follows_a_job_across_streams_the_service_ends(hostile: Hostile) -> None:
     """Streams here last 3 s; a job that trains longer is followed to its end over several, each epoch once."""
-    from service.client import Client
+    from trainserve import Client
+    from trainserve.records import EpochEvent, StatusEvent
 
     body = chapter_request(epochs=25)
     body["fit"]["batch_size"] = 4
     with hostile.http() as http:
         job_id = http.post("/train", json=body).json()["job_id"]
     started = time.monotonic()
-    events = list(Client(url=hostile.url).events(job_id))
+    with Client(url=hostile.url) as client:
+        events = list(client.job(job_id).events())
     assert time.monotonic() - started > 3, "the job outlived one stream"
-    epochs = [data["epoch"] for event, data in events if event == "epoch"]
+    epochs = [event.row["epoch"] for event in events if isinstance(event, EpochEvent)]
     assert epochs == list(range(1, 26))
-    assert events[-1][0] == "status"
-    assert events[-1][1]["status"] == "succeeded"
+    assert isinstance(events[-1], StatusEvent)
+    assert events[-1].job["status"] == "succeeded"

@@ -3,7 +3,8 @@ validation rows held out of the training rows."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -37,10 +38,20 @@ class CallbackSpec(Strict):
     monitor: Monitor = "val_loss"
     mode: Mode = "auto"
 
+    # The class in keras.callbacks that build() makes (see LayerSpec.keras_class). Keras callbacks have no
+    # get_config(): the client reads a callback's options from its attributes, named as its constructor's
+    # arguments but where ``keras_attributes`` says otherwise.
+    keras_class: ClassVar[str]
+    keras_attributes: ClassVar[Mapping[str, str]] = {}
+    # Constructor arguments that mean nothing to a job: what the callback prints, and where a script saves files.
+    keras_unchecked: ClassVar[frozenset[str]] = frozenset({"verbose"})
+
 
 class EarlyStoppingCallback(CallbackSpec):
     """Stops training when the monitored value has stopped improving (keras.callbacks.EarlyStopping). The job
     records the epoch it stopped at and its best epoch."""
+
+    keras_class = "EarlyStopping"
 
     type: Literal["early_stopping"]
     min_delta: float = Field(default=0.0, ge=0.0, description="A smaller change is not an improvement.")
@@ -58,6 +69,11 @@ class EarlyStoppingCallback(CallbackSpec):
 class CheckpointCallback(CallbackSpec):
     """Keeps the weights of the best epoch by the monitored value, as ModelCheckpoint(save_best_only=True) does:
     the published model is that epoch's, and the job says which epoch it is."""
+
+    keras_class = "ModelCheckpoint"
+    # ModelCheckpoint keeps its threshold as the best value so far; the job keeps its own file.
+    keras_attributes: ClassVar[Mapping[str, str]] = {"initial_value_threshold": "best"}
+    keras_unchecked = frozenset({"verbose", "filepath", "save_weights_only"})
 
     type: Literal["checkpoint"]
     initial_value_threshold: float | None = Field(
@@ -80,6 +96,8 @@ class CheckpointCallback(CallbackSpec):
 class ReduceLROnPlateauCallback(CallbackSpec):
     """Multiplies the learning rate by ``factor`` when the monitored value has stopped improving
     (keras.callbacks.ReduceLROnPlateau)."""
+
+    keras_class = "ReduceLROnPlateau"
 
     type: Literal["reduce_lr_on_plateau"]
     factor: float = Field(default=0.1, gt=0.0, lt=1.0)

@@ -4,6 +4,7 @@ Pydantic, its ``build()`` calling one allow-listed Keras constructor, and its pa
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -32,6 +33,17 @@ class LayerSpec(Strict):
 
     # The axes of the inputs the layer takes, for a layer that takes one rank only: error messages say so.
     layout: ClassVar[tuple[str, ...] | None] = None
+    # The class in keras.layers that build() makes. The Python client reads a model written in Keras back into
+    # specs by it (trainserve.convert): the fields from the layer's get_config(), every other option checked
+    # against the config of the layer this spec builds.
+    keras_class: ClassVar[str]
+    # Options of that config the spec does not decide and the model does not depend on.
+    keras_unchecked: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def keras_options(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        """This spec's fields from a ``get_config()`` of its Keras class: the keys of the same names."""
+        return {name: config[name] for name in cls.model_fields if name != "type" and name in config}
 
     def build(self) -> Any:
         raise NotImplementedError
@@ -61,11 +73,20 @@ class InputLayer(LayerSpec):
     """The model's input, as keras.Input(shape=...): only as the first layer, and instead of the model's
     input_shape."""
 
+    keras_class = "InputLayer"
+    # Keras names every input (input_layer, input_layer_1, …); the summary shows none of them.
+    keras_unchecked = frozenset({"name"})
     type: Literal["input"]
     name: Annotated[None, BeforeValidator(_no_name)] = Field(default=None, description="The input takes no name.")
     shape: list[PositiveInt] = Field(
         min_length=1, max_length=4, description="Shape of one sample, without the batch dimension."
     )
+
+    @classmethod
+    def keras_options(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        """The shape of one sample: the batch shape without its batch dimension (checked to be free)."""
+        batch_shape = config.get("batch_shape")
+        return {"shape": list(batch_shape[1:])} if isinstance(batch_shape, list | tuple) and batch_shape else {}
 
     def build(self) -> Any:
         from keras import layers
@@ -76,6 +97,7 @@ class InputLayer(LayerSpec):
 class FlattenLayer(LayerSpec):
     """Flattens every dimension but the batch one (keras.layers.Flatten)."""
 
+    keras_class = "Flatten"
     type: Literal["flatten"]
 
     def build(self) -> Any:
@@ -87,6 +109,7 @@ class FlattenLayer(LayerSpec):
 class DenseLayer(LayerSpec):
     """A fully connected layer (keras.layers.Dense)."""
 
+    keras_class = "Dense"
     type: Literal["dense"]
     units: int = Field(ge=1, le=1_000_000, description="Number of neurons.")
     activation: Activation = "linear"
@@ -104,6 +127,7 @@ class DenseLayer(LayerSpec):
 class DropoutLayer(LayerSpec):
     """Randomly zeroes a fraction of the inputs while training (keras.layers.Dropout)."""
 
+    keras_class = "Dropout"
     type: Literal["dropout"]
     rate: float = Field(ge=0.0, lt=1.0, description="Fraction of the inputs to drop.")
     seed: int | None = None
@@ -117,6 +141,7 @@ class DropoutLayer(LayerSpec):
 class ReshapeLayer(LayerSpec):
     """Reshapes each sample (keras.layers.Reshape); one dimension may be -1."""
 
+    keras_class = "Reshape"
     type: Literal["reshape"]
     target_shape: list[Annotated[int, Field(ge=-1)]] = Field(min_length=1, max_length=4)
 
@@ -129,6 +154,15 @@ class ReshapeLayer(LayerSpec):
 Padding = Literal["valid", "same"]
 IMAGES = ("batch", "height", "width", "channels")
 SEQUENCES = ("batch", "steps", "features")
+
+
+def _sizes(options: dict[str, Any], *, rank: int) -> dict[str, Any]:
+    """Sizes as a Keras config has them, one per axis ((3,) or (3, 3)), as the spec writes them: one number for
+    a 1-D layer, and for a 2-D one when both axes are alike (kernel_size 3, as the book writes it)."""
+    for key, value in options.items():
+        if isinstance(value, list | tuple) and len(value) == rank and len(set(value)) == 1:
+            options[key] = value[0]
+    return options
 
 
 def _largest(value: int | list[int]) -> int:
@@ -147,6 +181,7 @@ def _strides_or_dilation(strides: int | list[int], dilation_rate: int | list[int
 class Conv2DLayer(LayerSpec):
     """A 2-D convolution over (height, width, channels) inputs (keras.layers.Conv2D)."""
 
+    keras_class = "Conv2D"
     layout = IMAGES
 
     type: Literal["conv2d"]
@@ -162,6 +197,10 @@ class Conv2DLayer(LayerSpec):
     def _one_of_strides_or_dilation(self) -> Conv2DLayer:
         _strides_or_dilation(self.strides, self.dilation_rate)
         return self
+
+    @classmethod
+    def keras_options(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        return _sizes(super().keras_options(config), rank=2)
 
     def build(self) -> Any:
         from keras import layers
@@ -186,6 +225,7 @@ class Conv2DLayer(LayerSpec):
 class Conv1DLayer(LayerSpec):
     """A 1-D convolution over (steps, channels) inputs, such as sequences of embeddings (keras.layers.Conv1D)."""
 
+    keras_class = "Conv1D"
     layout = SEQUENCES
 
     type: Literal["conv1d"]
@@ -203,6 +243,10 @@ class Conv1DLayer(LayerSpec):
     def _one_of_strides_or_dilation(self) -> Conv1DLayer:
         _strides_or_dilation(self.strides, self.dilation_rate)
         return self
+
+    @classmethod
+    def keras_options(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        return _sizes(super().keras_options(config), rank=1)
 
     def build(self) -> Any:
         from keras import layers
@@ -225,12 +269,17 @@ class Conv1DLayer(LayerSpec):
 class MaxPooling2DLayer(LayerSpec):
     """Max pooling over (height, width, channels) inputs (keras.layers.MaxPooling2D)."""
 
+    keras_class = "MaxPooling2D"
     layout = IMAGES
 
     type: Literal["max_pooling2d"]
     pool_size: Pair = 2
     strides: Pair | None = Field(default=None, description="The pool_size when omitted.")
     padding: Padding = "valid"
+
+    @classmethod
+    def keras_options(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        return _sizes(super().keras_options(config), rank=2)
 
     def build(self) -> Any:
         from keras import layers
@@ -242,12 +291,17 @@ class MaxPooling2DLayer(LayerSpec):
 class AveragePooling2DLayer(LayerSpec):
     """Average pooling over (height, width, channels) inputs (keras.layers.AveragePooling2D)."""
 
+    keras_class = "AveragePooling2D"
     layout = IMAGES
 
     type: Literal["average_pooling2d"]
     pool_size: Pair
     strides: Pair | None = Field(default=None, description="The pool_size when omitted.")
     padding: Padding = "valid"
+
+    @classmethod
+    def keras_options(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        return _sizes(super().keras_options(config), rank=2)
 
     def build(self) -> Any:
         from keras import layers
@@ -259,12 +313,17 @@ class AveragePooling2DLayer(LayerSpec):
 class MaxPooling1DLayer(LayerSpec):
     """Max pooling over the steps of (steps, features) inputs (keras.layers.MaxPooling1D)."""
 
+    keras_class = "MaxPooling1D"
     layout = SEQUENCES
 
     type: Literal["max_pooling1d"]
     pool_size: PositiveInt = 2
     strides: PositiveInt | None = Field(default=None, description="The pool_size when omitted.")
     padding: Padding = "valid"
+
+    @classmethod
+    def keras_options(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        return _sizes(super().keras_options(config), rank=1)
 
     def build(self) -> Any:
         from keras import layers
@@ -275,12 +334,17 @@ class MaxPooling1DLayer(LayerSpec):
 class AveragePooling1DLayer(LayerSpec):
     """Average pooling over the steps of (steps, features) inputs (keras.layers.AveragePooling1D)."""
 
+    keras_class = "AveragePooling1D"
     layout = SEQUENCES
 
     type: Literal["average_pooling1d"]
     pool_size: PositiveInt
     strides: PositiveInt | None = Field(default=None, description="The pool_size when omitted.")
     padding: Padding = "valid"
+
+    @classmethod
+    def keras_options(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        return _sizes(super().keras_options(config), rank=1)
 
     def build(self) -> Any:
         from keras import layers
@@ -294,6 +358,7 @@ KeepDims = Annotated[bool, Field(description="Keep the pooled axes, with length 
 class GlobalAveragePooling1DLayer(LayerSpec):
     """The average over all steps of (steps, features) inputs (keras.layers.GlobalAveragePooling1D)."""
 
+    keras_class = "GlobalAveragePooling1D"
     layout = SEQUENCES
 
     type: Literal["global_average_pooling1d"]
@@ -308,6 +373,7 @@ class GlobalAveragePooling1DLayer(LayerSpec):
 class GlobalMaxPooling1DLayer(LayerSpec):
     """The maximum over all steps of (steps, features) inputs (keras.layers.GlobalMaxPooling1D)."""
 
+    keras_class = "GlobalMaxPooling1D"
     layout = SEQUENCES
 
     type: Literal["global_max_pooling1d"]
@@ -323,6 +389,7 @@ class GlobalAveragePooling2DLayer(LayerSpec):
     """The average over height and width of (height, width, channels) inputs
     (keras.layers.GlobalAveragePooling2D)."""
 
+    keras_class = "GlobalAveragePooling2D"
     layout = IMAGES
 
     type: Literal["global_average_pooling2d"]
@@ -337,6 +404,7 @@ class GlobalAveragePooling2DLayer(LayerSpec):
 class GlobalMaxPooling2DLayer(LayerSpec):
     """The maximum over height and width of (height, width, channels) inputs (keras.layers.GlobalMaxPooling2D)."""
 
+    keras_class = "GlobalMaxPooling2D"
     layout = IMAGES
 
     type: Literal["global_max_pooling2d"]
@@ -351,6 +419,7 @@ class GlobalMaxPooling2DLayer(LayerSpec):
 class BatchNormalizationLayer(LayerSpec):
     """Normalises activations with running batch statistics (keras.layers.BatchNormalization)."""
 
+    keras_class = "BatchNormalization"
     type: Literal["batch_normalization"]
     momentum: float = Field(default=0.99, gt=0.0, lt=1.0)
     epsilon: float = Field(default=0.001, gt=0.0)
@@ -373,6 +442,7 @@ class EmbeddingLayer(LayerSpec):
     """A learned vector for each integer index, e.g. a word's number in a vocabulary (keras.layers.Embedding):
     (steps,) indices in, (steps, output_dim) vectors out. Indices must be below input_dim."""
 
+    keras_class = "Embedding"
     type: Literal["embedding"]
     input_dim: int = Field(ge=1, le=1_000_000, description="Number of distinct indices (the vocabulary's size).")
     output_dim: int = Field(ge=1, le=1_000_000, description="Length of each index's vector.")
@@ -426,6 +496,7 @@ class RecurrentLayer(LayerSpec):
 class SimpleRNNLayer(RecurrentLayer):
     """A fully connected recurrent layer: the output is the next step's state (keras.layers.SimpleRNN)."""
 
+    keras_class = "SimpleRNN"
     type: Literal["simple_rnn"]
 
     def build(self) -> Any:
@@ -437,6 +508,7 @@ class SimpleRNNLayer(RecurrentLayer):
 class LSTMLayer(RecurrentLayer):
     """Long short-term memory (keras.layers.LSTM)."""
 
+    keras_class = "LSTM"
     gates = 4
 
     type: Literal["lstm"]
@@ -451,6 +523,7 @@ class LSTMLayer(RecurrentLayer):
 class GRULayer(RecurrentLayer):
     """Gated recurrent unit (keras.layers.GRU)."""
 
+    keras_class = "GRU"
     gates = 3
 
     type: Literal["gru"]
@@ -493,6 +566,7 @@ class BidirectionalLayer(LayerSpec):
     """Runs a recurrent layer forwards and a copy of it backwards over the steps, and merges their outputs
     (keras.layers.Bidirectional)."""
 
+    keras_class = "Bidirectional"
     layout = SEQUENCES
 
     type: Literal["bidirectional"]
@@ -502,6 +576,18 @@ class BidirectionalLayer(LayerSpec):
     merge_mode: Literal["concat", "sum", "mul", "ave"] = Field(
         default="concat", description="How the two directions' outputs are merged: 'concat' doubles the units."
     )
+
+    @classmethod
+    def keras_options(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        """The wrapped layer as Keras serialises it, under its own name: Keras renames it ``forward_<name>``."""
+        options = super().keras_options(config)
+        layer = options.get("layer")
+        if isinstance(layer, Mapping) and isinstance(layer.get("config"), Mapping):
+            inner = dict(layer["config"])
+            if isinstance(inner.get("name"), str):
+                inner["name"] = inner["name"].removeprefix("forward_")
+            options["layer"] = {**layer, "config": inner}
+        return options
 
     def build(self) -> Any:
         from keras import layers

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import (
     BeforeValidator,
@@ -27,6 +27,9 @@ class ScheduleSpec(Strict):
     """A learning rate that changes with the training step (keras.optimizers.schedules); the step counts batches,
     not epochs."""
 
+    # The class in keras.optimizers.schedules that build() makes (see LayerSpec.keras_class).
+    keras_class: ClassVar[str]
+
     def build(self) -> Any:
         raise NotImplementedError
 
@@ -34,6 +37,8 @@ class ScheduleSpec(Strict):
 class ExponentialDecaySchedule(ScheduleSpec):
     """``initial_learning_rate * decay_rate ** (step / decay_steps)``, the exponent rounded down with ``staircase``
     (keras.optimizers.schedules.ExponentialDecay)."""
+
+    keras_class = "ExponentialDecay"
 
     type: Literal["exponential_decay"]
     initial_learning_rate: Rate
@@ -51,6 +56,8 @@ class ExponentialDecaySchedule(ScheduleSpec):
 
 class PiecewiseConstantDecaySchedule(ScheduleSpec):
     """``values[i]`` from step ``boundaries[i-1]`` on (keras.optimizers.schedules.PiecewiseConstantDecay)."""
+
+    keras_class = "PiecewiseConstantDecay"
 
     type: Literal["piecewise_constant_decay"]
     boundaries: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, max_length=100)
@@ -77,6 +84,8 @@ class PiecewiseConstantDecaySchedule(ScheduleSpec):
 class CosineDecaySchedule(ScheduleSpec):
     """A cosine from ``initial_learning_rate`` down to ``alpha`` times it over ``decay_steps``, after an optional
     linear warm-up to ``warmup_target`` (keras.optimizers.schedules.CosineDecay)."""
+
+    keras_class = "CosineDecay"
 
     type: Literal["cosine_decay"]
     initial_learning_rate: float = Field(ge=0.0, le=10.0)
@@ -136,6 +145,9 @@ Epsilon = Annotated[float, Field(gt=0.0, le=1.0)]
 
 
 class OptimizerSpec(Strict):
+    # The class in keras.optimizers that build() makes (see LayerSpec.keras_class).
+    keras_class: ClassVar[str]
+
     def build(self) -> Any:
         raise NotImplementedError
 
@@ -155,6 +167,8 @@ class OptimizerSpec(Strict):
 class SGDOptimizer(OptimizerSpec):
     """Stochastic gradient descent, with optional momentum and Nesterov momentum (keras.optimizers.SGD)."""
 
+    keras_class = "SGD"
+
     type: Literal["sgd"]
     learning_rate: LearningRate = 0.01
     momentum: float = Field(default=0.0, ge=0.0, lt=1.0)
@@ -169,6 +183,8 @@ class SGDOptimizer(OptimizerSpec):
 class AdagradOptimizer(OptimizerSpec):
     """Adaptive per-parameter learning rates (keras.optimizers.Adagrad)."""
 
+    keras_class = "Adagrad"
+
     type: Literal["adagrad"]
     learning_rate: LearningRate = 0.001
     initial_accumulator_value: float = Field(default=0.1, ge=0.0)
@@ -182,6 +198,8 @@ class AdagradOptimizer(OptimizerSpec):
 
 class RMSpropOptimizer(OptimizerSpec):
     """Root-mean-square propagation (keras.optimizers.RMSprop)."""
+
+    keras_class = "RMSprop"
 
     type: Literal["rmsprop"]
     learning_rate: LearningRate = 0.001
@@ -199,6 +217,8 @@ class RMSpropOptimizer(OptimizerSpec):
 class AdamOptimizer(OptimizerSpec):
     """Adaptive moment estimation (keras.optimizers.Adam)."""
 
+    keras_class = "Adam"
+
     type: Literal["adam"]
     learning_rate: LearningRate = 0.001
     beta_1: Beta = 0.9
@@ -214,6 +234,8 @@ class AdamOptimizer(OptimizerSpec):
 
 class AdamWOptimizer(OptimizerSpec):
     """Adam with decoupled weight decay (keras.optimizers.AdamW)."""
+
+    keras_class = "AdamW"
 
     type: Literal["adamw"]
     learning_rate: LearningRate = 0.001
@@ -232,6 +254,8 @@ class AdamWOptimizer(OptimizerSpec):
 class AdamaxOptimizer(OptimizerSpec):
     """Adam with the infinity norm (keras.optimizers.Adamax)."""
 
+    keras_class = "Adamax"
+
     type: Literal["adamax"]
     learning_rate: LearningRate = 0.001
     beta_1: Beta = 0.9
@@ -247,6 +271,8 @@ class AdamaxOptimizer(OptimizerSpec):
 class NadamOptimizer(OptimizerSpec):
     """Adam with Nesterov momentum (keras.optimizers.Nadam)."""
 
+    keras_class = "Nadam"
+
     type: Literal["nadam"]
     learning_rate: LearningRate = 0.001
     beta_1: Beta = 0.9
@@ -261,6 +287,8 @@ class NadamOptimizer(OptimizerSpec):
 
 class AdadeltaOptimizer(OptimizerSpec):
     """Adaptive learning rate from a window of updates (keras.optimizers.Adadelta)."""
+
+    keras_class = "Adadelta"
 
     type: Literal["adadelta"]
     learning_rate: LearningRate = 0.001

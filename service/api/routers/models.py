@@ -51,9 +51,11 @@ def list_models(
     session: SessionDep,
     limit: Limit = 50,
     offset: Offset = 0,
+    name: Annotated[str | None, Query(min_length=1, max_length=200, description="Only this name's versions.")] = None,
+    version: Annotated[int | None, Query(ge=1, le=10**15 - 1, description="With name: only this version.")] = None,
 ) -> ModelList:
-    """Models, newest first."""
-    rows, count = registry.list_models(session=session, limit=limit, offset=offset)
+    """Models, newest first; `?name=` for one name's versions (`&version=` for one of them)."""
+    rows, count = registry.list_models(session=session, limit=limit, offset=offset, name=name, version=version)
     return ModelList(data=[ModelRead.from_row(row) for row in rows], count=count)
 
 
