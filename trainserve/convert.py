@@ -214,9 +214,11 @@ def _from_keras(
     *,
     kind: str = "",
     unchecked: frozenset[str] | set[str] = frozenset(),
+    check: bool = True,
 ) -> dict[str, Any] | None:
     """The spec of a serialised Keras object (``{"module", "class_name", "config", ...}``) of a class in
-    ``registry``, or None with its problems added."""
+    ``registry``, or None with its problems added. Without ``check`` its other options are left to the object
+    that holds it: a wrapper sets options of the layer it wraps (Bidirectional, ``zero_output_for_mask``)."""
     class_name = str(serialized.get("class_name"))
     config = serialized.get("config")
     cls = registry.get(class_name)
@@ -226,26 +228,40 @@ def _from_keras(
         problems.append(f"{where}: {class_name} is not supported here; supported {kind or 'classes'}: {supported}")
         return None
     options = _options(cls, config)
+    inner: dict[str, tuple[str, type[BaseModel]]] = {}
     for key, value in options.items():
         if _is_serialized(value):
             nested = _NESTED.get(str(value.get("module")))
+            label = f"{where} {key} ({value.get('class_name')})"
             if nested is None:
                 problems.append(_unsupported(where, key, value, _fields(cls)))
                 return None
-            converted = _from_keras(nested, value, f"{where} {key} ({value.get('class_name')})", problems)
+            converted = _from_keras(nested, value, label, problems, check=False)
             if converted is None:
                 return None
             options[key] = converted
+            inner[key] = (label, nested[str(value["class_name"])])
     try:
         spec = _validated(cls, {"type": _tag(cls), **options}, where)
     except UnsupportedKerasError as exc:
         problems.extend(exc.problems)
         return None
+    if not check:
+        return _dump(spec)
     rebuilt = spec.build().get_config()
     skip = set(unchecked) | set(getattr(cls, "keras_unchecked", ()))
-    found = [
-        _unsupported(where, key, value, _fields(cls)) for key, value in _differences(config, rebuilt, skip, prefix="")
-    ]
+    found = []
+    said: set[tuple[str, str]] = set()
+    for key, value in _differences(config, rebuilt, skip, prefix=""):
+        head, _, rest = key.partition(".")
+        if head in inner and rest:  # an option of the wrapped layer: said as its own
+            label, nested_cls = inner[head]
+            found.append(_unsupported(label, rest, value, _fields(nested_cls)))
+            said.add((rest, repr(value)))
+        elif rest and (rest, repr(value)) in said:
+            continue  # the same option of a copy Keras makes of the wrapped layer (Bidirectional's backward_layer)
+        else:
+            found.append(_unsupported(where, key, value, _fields(cls)))
     problems.extend(found)
     return None if found else _dump(spec)
 
