@@ -52,7 +52,7 @@ def watch(job: Job, console: Console) -> str:
         attempt = 1
         for event in job.events():
             if isinstance(event, StatusEvent):
-                data = event.job
+                data = event.state
                 status = data["status"]
                 progress.update(task, total=data["progress"]["epochs"], state=status)
                 if data.get("attempts", 1) != attempt:

@@ -506,4 +506,4 @@ def test_a_client_follows_a_job_across_streams_the_service_ends(hostile: Hostile
     epochs = [event.row["epoch"] for event in events if isinstance(event, EpochEvent)]
     assert epochs == list(range(1, 26))
     assert isinstance(events[-1], StatusEvent)
-    assert events[-1].job["status"] == "succeeded"
+    assert events[-1].state["status"] == "succeeded"

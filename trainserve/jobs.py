@@ -16,6 +16,7 @@ from trainserve.records import (
     JobError,
     JobEvent,
     JobRecord,
+    JobState,
     StatusEvent,
     TrainingOutcome,
 )
@@ -166,10 +167,12 @@ class Job:
             deadline,
         ):
             if event == "status":
-                self.record = cast(JobRecord, data)
-                yield StatusEvent(self.record)
+                state = cast(JobState, data)
+                self.record = cast(JobRecord, {**self.record, **state})
+                yield StatusEvent(state)
             elif event == "epoch":
                 yield EpochEvent(data)
+        self.refresh()  # the whole record of the job as it ended, its history with it
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """Each finished epoch's history row, live, until the job ends: ``for epoch in job: print(epoch["loss"])``."""
@@ -202,7 +205,7 @@ class Job:
         try:
             for event in self.events(timeout=timeout):
                 if isinstance(event, StatusEvent):
-                    job = event.job
+                    job = event.state
                     if job["attempts"] != attempt:  # taken over: it goes on after its checkpoint
                         attempt = job["attempts"]
                         bar.reset(total=job["progress"]["epochs"])

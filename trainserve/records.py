@@ -57,7 +57,7 @@ class TrialLink(TypedDict):
 
 
 class JobRecord(TypedDict):
-    """GET /jobs/{id}; also each `status` event of its stream."""
+    """GET /jobs/{id}."""
 
     job_id: str
     name: str | None
@@ -174,11 +174,25 @@ class EpochEvent:
     row: dict[str, Any]
 
 
+class JobState(TypedDict):
+    """What a job's `status` event says of it: its status, progress, model and error, not its history."""
+
+    job_id: str
+    status: JobStatus
+    attempts: int
+    progress: Progress
+    model_id: str | None
+    error: JobError | None
+    cancel_requested: bool
+    training: TrainingOutcome | None
+    resumed_from_epoch: int | None
+
+
 @dataclass(frozen=True)
 class StatusEvent:
-    """`event: status`: the job's status changed; ``job`` is its record then."""
+    """`event: status`: the job's status changed; ``state`` is what it is now."""
 
-    job: JobRecord
+    state: JobState
 
 
 JobEvent = EpochEvent | StatusEvent
