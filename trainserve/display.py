@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 # The history columns a table or a bar leaves out of the metrics.
 NOT_METRICS = frozenset({"epoch", "attempt"})
-NOTEBOOK_EXTRA = "pip install 'trainserve[notebook]'"
+NOTEBOOK_EXTRA = "install the notebook extra: pip install '.[notebook]' in a checkout of TrainServe"
 
 
 def in_notebook() -> bool:
