@@ -193,6 +193,8 @@ def test_what_a_keras_learner_reads(options: dict[str, Any]) -> None:
     held_out = fit["validation_data"]["or"][0]["fields"]
     assert [field["name"] for field in held_out] == ["size", "random_state", "stratify"]
     assert {field["name"] for field in options["dataset"]} >= {"name", "id", "rescale", "test_size", "reshape"}
+    assert [field["name"] for field in options["request"]] == ["name"]
+    assert options["request"][0]["max_length"] == 200
 
 
 def test_the_datasets_a_job_can_use(app: TestClient, options: dict[str, Any], keras_cache: Path) -> None:

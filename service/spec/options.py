@@ -19,8 +19,10 @@ from service.spec.base import ACTIVATIONS, BINARY_LOSSES, LOSSES, METRICS, SPARS
 from service.spec.callbacks import CALLBACK_TYPES
 from service.spec.layers import LAYER_TYPES
 from service.spec.optimizers import OPTIMIZER_TYPES, SCHEDULE_TYPES
-from service.spec.request import CompileSpec, DatasetSpec, FitSpec, ModelSpec
+from service.spec.request import CompileSpec, DatasetSpec, FitSpec, ModelSpec, TrainRequest
 
+# The request's parts, each described in its own list.
+PARTS = ("model", "compile", "dataset", "fit")
 Section = Literal["layers", "optimizers", "schedules", "callbacks"]
 FormType = Literal["integer", "number", "boolean", "string", "choice", "list", "object"]
 # The kinds a request's parts come in, each told apart by its "type".
@@ -102,6 +104,9 @@ class SpecOptions(BaseModel):
     activations: list[str]
     losses: list[LossOption]
     metrics: list[str]
+    request: list[FieldOption] = Field(
+        description="The fields of the request itself (its name) but its parts, each of which has its own list."
+    )
     model: list[FieldOption] = Field(description="The fields of `model`.")
     compile: list[FieldOption] = Field(description="The fields of `compile`.")
     dataset: list[FieldOption] = Field(description="The fields of `dataset`.")
@@ -130,8 +135,8 @@ def _resolve(schema: Mapping[str, Any], defs: Mapping[str, Any]) -> Mapping[str,
 def _alternatives(schema: Mapping[str, Any], defs: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     """The schemas a value may match, a discriminated union counting as one."""
     schema = _resolve(schema, defs)
-    if "discriminator" in schema:
-        return [schema]
+    if "discriminator" in schema or "properties" in schema:
+        return [schema]  # one object, whatever else (an anyOf of required fields) it says of itself
     for key in ("anyOf", "oneOf"):
         if key in schema:
             return [alternative for part in schema[key] for alternative in _alternatives(part, defs)]
@@ -186,13 +191,16 @@ def _form(schema: Mapping[str, Any], defs: Mapping[str, Any]) -> Form:
 
 
 def _fields(
-    schema: Mapping[str, Any], defs: Mapping[str, Any], model: type[BaseModel] | None = None
+    schema: Mapping[str, Any],
+    defs: Mapping[str, Any],
+    model: type[BaseModel] | None = None,
+    skip: Sequence[str] = (),
 ) -> list[FieldOption]:
     required = set(schema.get("required", ()))
     found: list[FieldOption] = []
     for name, prop in schema.get("properties", {}).items():
-        if name == "type" and "const" in prop:
-            continue  # the tag itself
+        if (name == "type" and "const" in prop) or name in skip:
+            continue  # the tag itself, or what is described elsewhere
         alternatives = _alternatives(prop, defs)
         nullable = any(alternative.get("type") == "null" for alternative in alternatives)
         forms = [_form(alternative, defs) for alternative in alternatives if alternative.get("type") != "null"]
@@ -217,9 +225,9 @@ def _fields(
     return found
 
 
-def _model_fields(model: type[BaseModel]) -> list[FieldOption]:
+def _model_fields(model: type[BaseModel], skip: Sequence[str] = ()) -> list[FieldOption]:
     schema = model.model_json_schema()
-    return _fields(schema, schema.get("$defs", {}), model)
+    return _fields(schema, schema.get("$defs", {}), model, skip)
 
 
 def _type_option(cls: type[Strict]) -> TypeOption:
@@ -248,6 +256,7 @@ def spec_options() -> SpecOptions:
         activations=list(ACTIVATIONS),
         losses=[LossOption(name=loss, labels=_labels(loss)) for loss in LOSSES],
         metrics=list(METRICS),
+        request=_model_fields(TrainRequest, skip=PARTS),
         model=_model_fields(ModelSpec),
         compile=_model_fields(CompileSpec),
         dataset=_model_fields(DatasetSpec),
