@@ -11,10 +11,10 @@ import math
 import random
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path as FilePath
-from typing import Any
+from typing import Any, TypeVar
 
 import keras
 import numpy as np
@@ -41,6 +41,8 @@ class DryBuild:
     activation_bytes: int
     # What the job's arrays take in the worker: float32 inputs, and labels as its loss expects them.
     data_bytes: int
+    # What model.summary() says of the model built (``summarize``), when the dry build was asked for it.
+    summary: dict[str, Any] | None = None
 
 
 FLOAT32 = 4
@@ -123,6 +125,34 @@ def _rank_problem(layer_spec: LayerSpec, shape: Sequence[int | None]) -> str | N
     if layout is None or len(shape) == len(layout):
         return None
     return f"it takes {len(layout)}-D inputs ({', '.join(layout)}); this one is {len(shape)}-D"
+
+
+T = TypeVar("T")
+
+
+def with_fresh_names(function: Callable[[], T]) -> T:
+    """``function()``, run where Keras names what it builds as in a fresh session: ``flatten``, ``dense``,
+    ``dense_1``, ``sequential``, as the worker's model (built after ``clear_session``) is named.
+
+    Keras numbers the layers and models it names per thread, and never clears those numbers by itself: in the API's
+    pooled threads they keep counting from one request to the next (``dense_57``). ``clear_session`` would clear
+    them for every thread at once, under whatever else the process is building or calling, so the function runs in
+    a thread of its own instead, whose numbers start at zero. The caller's thread waits for it."""
+    outcome: list[T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(function())
+        except BaseException as exc:  # handed to the caller's thread, which raises it
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="trainserve-fresh-names")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return outcome[0]
 
 
 def runnable_model(spec: ModelSpec, display: keras.Sequential) -> keras.Sequential:
@@ -281,10 +311,12 @@ def dry_build(
     info: DatasetInfo,
     max_params: int | None = None,
     memory: MemoryLimits | None = None,
+    *,
+    summary: bool = False,
 ) -> DryBuild:
     """Build the model as the worker will and check it against the dataset, without training anything.
     A model over ``max_params``, or one that needs more memory than ``memory`` allows, is refused before its
-    weights are allocated."""
+    weights are allocated. With ``summary``, the answer also holds what ``model.summary()`` says of the model."""
     fit_problems = request.problems() + validation_problems(request, info)
     if fit_problems:
         raise SpecError(fit_problems)
@@ -311,7 +343,8 @@ def dry_build(
             )
         )
         raise SpecError(problems)
-    model = build_model(request.model)
+    # A summary names what Keras names as the worker's summary will: as in a fresh session.
+    model = with_fresh_names(lambda: build_model(request.model)) if summary else build_model(request.model)
     output_shape = tuple(model.outputs[0].shape)
     last: Path = ("model", *request.model.layer_loc(len(request.model.layers) - 1))
     if isinstance(request.model.layers[-1], DenseLayer):
@@ -340,7 +373,11 @@ def dry_build(
         rows=info.rows, input_shape=info.input_shape, compile_spec=request.compile, num_classes=info.num_classes
     )
     return DryBuild(
-        total_params=total, output_shape=output_shape, activation_bytes=per_instance, data_bytes=inputs + labels
+        total_params=total,
+        output_shape=output_shape,
+        activation_bytes=per_instance,
+        data_bytes=inputs + labels,
+        summary=summarize(model) if summary else None,
     )
 
 

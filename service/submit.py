@@ -96,9 +96,9 @@ def check_limits(request: TrainRequest, settings: Settings) -> None:
         raise InvalidRequestError(problems)
 
 
-def check_build(request: TrainRequest, session: Session, settings: Settings) -> DryBuild:
+def check_build(request: TrainRequest, session: Session, settings: Settings, *, summary: bool = False) -> DryBuild:
     """Build the model on its dataset's shapes without training it; refuse what Keras cannot build and what would
-    need more parameters or memory than the service allows."""
+    need more parameters or memory than the service allows. With ``summary``, also what ``model.summary()`` says."""
     from service.keras_build import MemoryLimits, SpecError, dry_build
 
     memory = MemoryLimits(
@@ -106,9 +106,17 @@ def check_build(request: TrainRequest, session: Session, settings: Settings) -> 
     )
     try:
         info = catalogue.dataset_info(session=session, spec=request.dataset)
-        return dry_build(request, info, max_params=settings.max_model_params, memory=memory)
+        return dry_build(request, info, max_params=settings.max_model_params, memory=memory, summary=summary)
     except (SpecError, catalogue.UnknownDatasetError) as exc:
         raise InvalidRequestError([(tuple(loc), message) for loc, message in exc.problems]) from exc
+
+
+def preview(request: TrainRequest, *, session: Session, settings: Settings) -> DryBuild:
+    """What submitting ``request`` would find — the same limits and the same dry build — with the model's summary
+    as the worker will record it, without recording or queueing anything (nor looking at an Idempotency-Key).
+    Blocking: it builds a Keras model."""
+    check_limits(request, settings)
+    return check_build(request, session, settings, summary=True)
 
 
 def _replay(job: JobRow, request_sha256: str, key: str) -> Submitted:

@@ -173,10 +173,10 @@ def test_a_job_started_from_the_form_draws_its_curves_as_epochs_finish(
 ) -> None:
     page.goto("/#/new")
     page.locator("select[name=example]").select_option("digits_relu_adam")
-    assert '"손글씨 숫자 모델"' in page.locator("textarea[name=request]").input_value()
+    assert page.locator("input[name='model.name']").input_value() == "손글씨 숫자 모델"
     page.locator("input[name=name]").fill("대시보드 relu + adam")
-    page.locator("input[name=epochs]").fill("3")
-    page.locator("input[name=epochs]").dispatch_event("change")
+    page.locator("input[name='fit.epochs']").fill("3")
+    page.wait_for_function("window.trainserve.builder.state === 'ok'")
     page.screenshot(path=shots / "new_job.png", full_page=True)
     page.get_by_role("button", name="Start training").click()
     page.wait_for_url(re.compile(r"#/jobs/[0-9a-f]{32}$"))

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.db import JobRow, JobStatus, ModelRow
 from service.jobs import resumed_from_epoch
 from service.spec import exactly_one_of
+
+if TYPE_CHECKING:
+    from service.keras_build import DryBuild
 
 
 class BuildEstimate(BaseModel):
@@ -22,6 +25,15 @@ class BuildEstimate(BaseModel):
         "needs n times this."
     )
     training_data_bytes: int = Field(description="What the job's inputs and labels take in the worker's memory.")
+
+    @classmethod
+    def from_build(cls, build: DryBuild) -> BuildEstimate:
+        return cls(
+            total_params=build.total_params,
+            output_shape=list(build.output_shape),
+            activation_bytes=build.activation_bytes,
+            training_data_bytes=build.data_bytes,
+        )
 
 
 class JobCreated(BaseModel):
@@ -213,6 +225,18 @@ class ModelSummary(BaseModel):
     trainable_params: int
     non_trainable_params: int
     text: str = Field(description="What Keras' model.summary() prints for this model.")
+
+
+class SpecPreview(ModelSummary):
+    """What `POST /train?dry_run=true` found: the model's summary, as `GET /models/{model_id}/summary` will answer it
+    once the model is trained, and the dry build's findings."""
+
+    build: BuildEstimate
+
+    @classmethod
+    def from_build(cls, build: DryBuild) -> SpecPreview:
+        assert build.summary is not None, "a preview's dry build summarises the model"
+        return cls.model_validate({**build.summary, "build": BuildEstimate.from_build(build)})
 
 
 # The first image of scikit-learn's digits (a 0), in the dataset's 0-16 units: an instance for the chapter's model.

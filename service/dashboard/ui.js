@@ -66,6 +66,35 @@ export function shape(list) {
   return list ? `(${list.join(", ")})` : "–";
 }
 
+// A model's layers as Keras' model.summary() tabulates them (GET /models/{id}/summary, or a preview's answer).
+export function summaryTable(summary) {
+  return el(
+    "table",
+    { class: "summary" },
+    el("thead", {}, el("tr", {}, el("th", { text: "Layer (type)" }), el("th", { text: "Output shape" }), el("th", { class: "num", text: "Param #" }))),
+    el(
+      "tbody",
+      {},
+      summary.layers.map((layer) =>
+        el(
+          "tr",
+          { "data-layer": layer.name },
+          el("td", { text: `${layer.name} (${layer.type})` }),
+          el("td", { text: `(${layer.output_shape.map((d) => (d === null ? "None" : d)).join(", ")})` }),
+          el("td", { class: "num", "data-params": layer.params, text: fmt(layer.params) }),
+        ),
+      ),
+    ),
+    el(
+      "tfoot",
+      {},
+      el("tr", {}, el("td", { colspan: 2, text: "Total params" }), el("td", { class: "num", "data-total": summary.total_params, text: fmt(summary.total_params) })),
+      el("tr", {}, el("td", { colspan: 2, text: "Trainable params" }), el("td", { class: "num", "data-trainable": summary.trainable_params, text: fmt(summary.trainable_params) })),
+      el("tr", {}, el("td", { colspan: 2, text: "Non-trainable params" }), el("td", { class: "num", text: fmt(summary.non_trainable_params) })),
+    ),
+  );
+}
+
 export function errorBox(error) {
   const box = el("div", { class: "error-box", role: "alert" }, el("strong", { text: error.message || String(error) }));
   if (error.errors && error.errors.length > 1) {

@@ -26,7 +26,14 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.datasets.builtin import BUILTIN_DATASETS, SEQUENCE_DATASETS, DatasetInfo, Sequences, load_builtin
+from service.datasets.builtin import (
+    BUILTIN_DATASETS,
+    SEQUENCE_DATASETS,
+    DatasetInfo,
+    Sequences,
+    is_available_offline,
+    load_builtin,
+)
 from service.datasets.files import IngestLimits, Kind, ParsedDataset, UploadOptions, parse, row_blocks
 from service.db import DatasetRow, JobRow, JobStatus, is_id, new_id, session_scope
 from service.settings import Settings
@@ -284,3 +291,62 @@ def builtin_overview(name: str) -> BuiltinOverview | None:
         head_x=data.x_train[:SAMPLE_ROWS].copy(),
         head_y=data.y_train[:SAMPLE_ROWS].copy(),
     )
+
+
+# --- what a training request can name ---------------------------------------------------------------------------
+
+# Uploads offered at most, newest first: a form's list, not the catalogue (GET /datasets pages through all of them).
+MAX_UPLOAD_CHOICES = 500
+# keras.datasets' images are stored as bytes.
+PIXEL_RANGE = (0.0, 255.0)
+
+
+@dataclass(frozen=True)
+class DatasetChoice:
+    """A dataset as a training request names it (``{"name": …}`` or ``{"id": …}``), with what a model built on it
+    takes and gives."""
+
+    reference: dict[str, str]
+    info: DatasetInfo
+    # Word-index sequences cut to the length each request gives (dataset.maxlen): their input shape is (maxlen,).
+    sequences: bool
+    # The inputs' smallest and largest values, where known without loading them, before a request's rescale.
+    value_range: tuple[float, float] | None
+    available_offline: bool
+
+
+def _builtin_choice(info: DatasetInfo, keras_cache: Path | None) -> DatasetChoice:
+    sequences = info.name in SEQUENCE_DATASETS
+    value_range: tuple[float, float] | None = None
+    overview = builtin_overview(info.name)
+    if overview is not None:
+        value_range = (overview.stats["min"], overview.stats["max"])
+    elif not sequences:
+        value_range = PIXEL_RANGE
+    return DatasetChoice(
+        reference={"name": info.name},
+        info=info,
+        sequences=sequences,
+        value_range=value_range,
+        available_offline=is_available_offline(info, keras_cache),
+    )
+
+
+def dataset_choices(
+    *, session: Session, keras_cache: Path | None, limit: int = MAX_UPLOAD_CHOICES
+) -> tuple[list[DatasetChoice], int]:
+    """Every dataset a job can train on: the built-in ones, then the newest ``limit`` uploads; and how many uploads
+    there are in all."""
+    builtins = [_builtin_choice(info, keras_cache) for info in BUILTIN_DATASETS.values()]
+    rows, count = list_datasets(session=session, limit=limit, offset=0)
+    uploads = [
+        DatasetChoice(
+            reference={"id": row.id},
+            info=info_of(row),
+            sequences=False,
+            value_range=(float(row.stats["min"]), float(row.stats["max"])),
+            available_offline=True,
+        )
+        for row in rows
+    ]
+    return [*builtins, *uploads], count

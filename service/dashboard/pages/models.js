@@ -1,7 +1,7 @@
 // Trained models: a list, and one model's record with the table Keras' model.summary() prints.
 
 import { api, apiKey } from "../api.js";
-import { el, fmt, shape, when } from "../ui.js";
+import { el, fmt, shape, summaryTable, when } from "../ui.js";
 import { renderInside } from "./inside.js";
 import { optimizerName } from "./job.js";
 
@@ -75,31 +75,7 @@ export async function renderOne(view, { args, isCurrent }) {
       ),
     ),
     el("h2", {}, "Summary"),
-    el(
-      "table",
-      { class: "summary" },
-      el("thead", {}, el("tr", {}, el("th", { text: "Layer (type)" }), el("th", { text: "Output shape" }), el("th", { class: "num", text: "Param #" }))),
-      el(
-        "tbody",
-        {},
-        summary.layers.map((layer) =>
-          el(
-            "tr",
-            { "data-layer": layer.name },
-            el("td", { text: `${layer.name} (${layer.type})` }),
-            el("td", { text: `(${layer.output_shape.map((d) => (d === null ? "None" : d)).join(", ")})` }),
-            el("td", { class: "num", "data-params": layer.params, text: fmt(layer.params) }),
-          ),
-        ),
-      ),
-      el(
-        "tfoot",
-        {},
-        el("tr", {}, el("td", { colspan: 2, text: "Total params" }), el("td", { class: "num", "data-total": summary.total_params, text: fmt(summary.total_params) })),
-        el("tr", {}, el("td", { colspan: 2, text: "Trainable params" }), el("td", { class: "num", "data-trainable": summary.trainable_params, text: fmt(summary.trainable_params) })),
-        el("tr", {}, el("td", { colspan: 2, text: "Non-trainable params" }), el("td", { class: "num", text: fmt(summary.non_trainable_params) })),
-      ),
-    ),
+    summaryTable(summary),
     el("details", {}, el("summary", { text: "As model.summary() prints it" }), el("pre", { text: summary.text })),
   );
   const inside = el("div", { class: "inside" });
