@@ -27,7 +27,7 @@ import numpy as np
 from billiard.exceptions import SoftTimeLimitExceeded
 from sklearn.model_selection import train_test_split
 
-from service import jobs
+from service import exports, jobs
 from service.datasets.builtin import DatasetInfo, DatasetUnavailableError, LoadedDataset
 from service.datasets.loading import load_training_data
 from service.db import ModelRow, new_id, session_scope
@@ -46,12 +46,10 @@ from service.spec import CheckpointCallback, EarlyStoppingCallback, TrainRequest
 from service.store import (
     StoreError,
     checkpoint_name,
-    litert_path,
     model_path,
     publish,
     remove_checkpoint,
     temporary_path,
-    write,
     write_checkpoint,
 )
 from worker import checkpoints
@@ -596,16 +594,6 @@ def _run_job(job_id: str, settings: Settings) -> str:
         keras.backend.clear_session()
 
 
-def write_flatbuffer(model: Any, path: Path) -> dict[str, Any]:
-    """The model's LiteRT flatbuffer, written beside its .keras file: its record, or why there is none."""
-    try:
-        content = litert.convert(model)
-    except litert.ConversionError as exc:
-        log.warning("model %s has no LiteRT flatbuffer: %s", path.stem, exc)
-        return {"error": str(exc)}
-    return {"sha256": write(path.parent, path, content), "size_bytes": len(content)}
-
-
 def _ended(run: JobRun) -> None:
     """This attempt has ended the job: its checkpoint file goes (the record no longer names it)."""
     if run.checkpoint is not None:
@@ -718,11 +706,19 @@ def _train(run: JobRun, request: TrainRequest) -> str:
     store = settings.model_store
     temp = temporary_path(store)
     final = model_path(store, model_id)
-    flatbuffer = litert_path(store, model_id)
+    made: list[Path] = [final]
     try:
         model.save(temp)
         sha256 = publish(temp, final)
-        converted = write_flatbuffer(model, flatbuffer) if settings.predict_litert != "never" else None
+        exported = exports.write_exports(
+            model,
+            store=store,
+            model_id=model_id,
+            input_shape=tuple(request.model.input_shape),
+            rescale=request.dataset.rescale,
+            litert_off=litert.LITERT_OFF if settings.predict_litert == "never" else None,
+        )
+        made += exported.files
         row = ModelRow(
             id=model_id,
             name=request.name or request.model.name or f"model-{model_id[:8]}",
@@ -738,7 +734,8 @@ def _train(run: JobRun, request: TrainRequest) -> str:
             path=final.name,
             sha256=sha256,
             size_bytes=final.stat().st_size,
-            litert=converted,
+            litert=exported.litert,
+            exports=exported.exports,
             text=info.text,
         )
         with session_scope(settings.database_url) as session:
@@ -753,15 +750,15 @@ def _train(run: JobRun, request: TrainRequest) -> str:
                 resumed_from_epoch=run.resumed_from,
             )
     except BaseException:
-        final.unlink(missing_ok=True)
-        flatbuffer.unlink(missing_ok=True)
+        for path in made:
+            path.unlink(missing_ok=True)
         raise
     finally:
         temp.unlink(missing_ok=True)
     if not published:
         # Cancelled while saving, or no longer this worker's job: keep no model for it.
-        final.unlink(missing_ok=True)
-        flatbuffer.unlink(missing_ok=True)
+        for path in made:
+            path.unlink(missing_ok=True)
         with session_scope(settings.database_url) as session:
             ours = jobs.still_holds(session=session, job_id=job_id, worker_id=run.worker_id, attempt=run.attempt)
         log.warning("job %s: model discarded, the job was %s meanwhile", job_id, "cancelled" if ours else "taken over")

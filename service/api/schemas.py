@@ -144,6 +144,30 @@ class LiteRt(BaseModel):
     sha256: str | None = Field(default=None, description="Of the `.tflite` file beside the `.keras` one.")
     size_bytes: int | None = None
     error: str | None = Field(default=None, description="Why the model has no flatbuffer: the converter's error.")
+    rescaled: bool = Field(
+        default=False,
+        description="The flatbuffer applies the rescale itself and takes the dataset's units, as the SavedModel "
+        "export does (false for a flatbuffer made before, which takes inputs already rescaled).",
+    )
+
+
+class ExportFile(BaseModel):
+    sha256: str | None = Field(default=None, description="Of the stored file.")
+    size_bytes: int | None = None
+    error: str | None = Field(default=None, description="Why the model has no such export.")
+
+
+class Exports(BaseModel):
+    savedmodel: ExportFile | None = Field(
+        default=None, description="The SavedModel (`GET /models/{id}/download?format=savedmodel`), stored as a tar."
+    )
+    weights: ExportFile | None = Field(default=None, description="The `.weights.h5` file (`format=weights`).")
+
+
+class MlflowModel(BaseModel):
+    name: str | None = Field(default=None, description="The registered model's name in MLflow's registry.")
+    version: str | None = Field(default=None, description="Its version there (MLflow numbers them itself).")
+    error: str | None = Field(default=None, description="Why it is not registered: what MLflow answered.")
 
 
 class ModelRead(BaseModel):
@@ -171,6 +195,14 @@ class ModelRead(BaseModel):
         description="The model converted to a LiteRT flatbuffer when it was published, which serves small "
         "batches where it is faster than TensorFlow; null for a model published before flatbuffers were made."
     )
+    exports: Exports | None = Field(
+        default=None,
+        description="Its exports made when it was published (see `GET /models/{id}/download?format=`); null for a "
+        "model published before exports were made.",
+    )
+    mlflow: MlflowModel | None = Field(
+        default=None, description="Its version in MLflow's model registry, when TRAINSERVE_MLFLOW_TRACKING_URI is set."
+    )
 
     @classmethod
     def from_row(cls, row: ModelRow) -> ModelRead:
@@ -191,6 +223,8 @@ class ModelRead(BaseModel):
             sha256=row.sha256,
             size_bytes=row.size_bytes,
             litert=LiteRt(**row.litert) if row.litert else None,
+            exports=Exports.model_validate(row.exports) if row.exports else None,
+            mlflow=MlflowModel(**row.mlflow) if row.mlflow else None,
         )
 
 
