@@ -53,6 +53,7 @@ from service.store import (
     write_checkpoint,
 )
 from worker import checkpoints
+from worker.tensorboard import TensorBoardLog
 from worker.trials import TrialPruning, trial_pruning
 
 log = logging.getLogger(__name__)
@@ -186,7 +187,9 @@ class EpochReporter(keras.callbacks.Callback):  # type: ignore[misc]
                 metrics=_finite(logs),
                 seconds=seconds,
             )
-        if not recorded:
+        if recorded:
+            run.recorded_epoch = epoch + 1
+        else:
             run.request_stop("lost")
 
 
@@ -335,6 +338,8 @@ class Callbacks:
     checkpoint: tuple[CheckpointCallback, CheckpointWatch, Path] | None
     # Last in ``keras``: resumes the job, checkpoints every epoch, and has the whole history once fit() returns.
     state: EpochCheckpoint
+    # Writes the epochs this attempt recorded as TensorBoard event files, before each is checkpointed.
+    tensorboard: TensorBoardLog
     # A trial of an experiment with a pruner: reports each epoch to the study, which may stop it there.
     pruning: TrialPruning | None = None
 
@@ -360,7 +365,16 @@ class Callbacks:
         if pruning is not None:
             built.append(pruning)
         state = EpochCheckpoint(run, list(built))
-        return cls([*built, state], early, checkpoint, state, pruning)
+        # Outside the checkpoint's callbacks (whose state it keeps), but before it: an epoch is on disk before its
+        # checkpoint is recorded.
+        tensorboard = TensorBoardLog(
+            run.settings.model_store,
+            run.job_id,
+            run.attempt,
+            request.fit.tensorboard.histogram_freq,
+            recorded=lambda epoch: run.recorded_epoch == epoch,
+        )
+        return cls([*built, tensorboard, state], early, checkpoint, state, tensorboard, pruning)
 
     def outcome(self, model: Any, epochs_run: int) -> dict[str, Any]:
         """How training ended, after fit() returned (``TrainingOutcome`` in the API); loads the checkpoint's
@@ -456,6 +470,8 @@ class JobRun:
         # with each of its own; and the epoch this attempt resumed after (None: it started from the first).
         self.checkpoint: dict[str, Any] | None = None
         self.resumed_from: int | None = None
+        # The last epoch this attempt recorded on the job: what it may log elsewhere (TensorBoard, MLflow).
+        self.recorded_epoch = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._keep_lease, name=f"lease-{job_id}", daemon=True)
 
@@ -673,24 +689,33 @@ def _train(run: JobRun, request: TrainRequest) -> str:
     log.info("job %s: %d steps per execution, XLA %s", job_id, execution.steps_per_execution, execution.jit_compile)
     with tempfile.TemporaryDirectory(prefix="trainserve-job-") as scratch:
         callbacks = Callbacks.build(request, run, Path(scratch))
+        resumed_record = run.checkpoint
         initial_epoch = callbacks.state.resume(model)
         resumed = callbacks.state.resumed
+        callbacks.tensorboard.resume(
+            epochs=initial_epoch,
+            from_attempt=None if resumed_record is None else resumed_record["attempt"],
+            history=callbacks.state.history,
+        )
         # A job its early stopping ended at the checkpoint's epoch trains no further: fit() then runs no epoch,
         # only its callbacks' ends (early stopping putting its best weights back), as they ran in the first place.
         epochs = initial_epoch if resumed is not None and resumed.stopped else request.fit.epochs
         validation = None if splits.x_val is None else (splits.x_val, splits.y_val)
-        model.fit(
-            splits.x_train,
-            splits.y_train,
-            epochs=epochs,
-            initial_epoch=initial_epoch,
-            batch_size=request.fit.batch_size,
-            validation_split=request.fit.validation_split,
-            validation_data=validation,
-            shuffle=request.fit.shuffle,
-            callbacks=callbacks.keras,
-            verbose=0,
-        )
+        try:
+            model.fit(
+                splits.x_train,
+                splits.y_train,
+                epochs=epochs,
+                initial_epoch=initial_epoch,
+                batch_size=request.fit.batch_size,
+                validation_split=request.fit.validation_split,
+                validation_data=validation,
+                shuffle=request.fit.shuffle,
+                callbacks=callbacks.keras,
+                verbose=0,
+            )
+        finally:
+            callbacks.tensorboard.close()
         run.check()
         history = callbacks.state.history  # every epoch of the job, those before a resume too
         outcome = callbacks.outcome(model, len(history))
