@@ -189,6 +189,8 @@ class EpochReporter(keras.callbacks.Callback):  # type: ignore[misc]
             )
         if recorded:
             run.recorded_epoch = epoch + 1
+            if run.mlflow is not None:
+                run.mlflow.epoch(epoch + 1, _finite(logs))
         else:
             run.request_stop("lost")
 
@@ -472,6 +474,8 @@ class JobRun:
         self.resumed_from: int | None = None
         # The last epoch this attempt recorded on the job: what it may log elsewhere (TensorBoard, MLflow).
         self.recorded_epoch = 0
+        # The job's MLflow run, when TRAINSERVE_MLFLOW_TRACKING_URI is set.
+        self.mlflow: Any = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._keep_lease, name=f"lease-{job_id}", daemon=True)
 
@@ -590,8 +594,12 @@ def _run_job(job_id: str, settings: Settings) -> str:
         run.attempt = job.attempts
         run.checkpoint = job.checkpoint if jobs.checkpoint_file(job.checkpoint) else None
         run.resumed_from = jobs.resumed_from_epoch(job.checkpoint)
+        mlflow_record = job.mlflow
+        trial = (job.experiment_id, job.trial_number)
     log.info("job %s: attempt %d started in %s", job_id, run.attempt, run.worker_id)
     run.start()
+    if settings.mlflow_tracking_uri:
+        run.mlflow = _mlflow_run(run, request, mlflow_record, trial)
     try:
         return _train(run, request)
     except JobStoppedError as stop:
@@ -607,7 +615,36 @@ def _run_job(job_id: str, settings: Settings) -> str:
         return _fail(run, type(exc).__name__, str(exc) or repr(exc))
     finally:
         run.stop()
+        if run.mlflow is not None:
+            run.mlflow.close(settings.mlflow_timeout)
         keras.backend.clear_session()
+
+
+def _mlflow_run(
+    run: JobRun, request: TrainRequest, record: dict[str, Any] | None, trial: tuple[str | None, int | None]
+) -> Any:
+    """The job's MLflow run (the one its record names, when an earlier attempt started it); None when MLflow
+    cannot even be set up here, which is logged and recorded on the job."""
+    try:
+        from worker.mlflow_log import MlflowRun
+    except ImportError as exc:
+        message = f"MLflow is not installed in this worker (pip install 'trainserve[mlflow]'): {exc}"
+        log.warning("job %s: %s", run.job_id, message)
+        with session_scope(run.settings.database_url) as session:
+            jobs.record_mlflow(session=session, job_id=run.job_id, values={"error": message})
+        return None
+    tags = {"trainserve.job_id": run.job_id}
+    experiment_id, number = trial
+    if experiment_id is not None:
+        tags |= {"trainserve.experiment_id": experiment_id, "trainserve.trial": str(number)}
+    return MlflowRun(
+        run.settings,
+        job_id=run.job_id,
+        run_name=request.name or request.model.name or run.job_id,
+        spec=request.model_dump(mode="json"),
+        record=record,
+        tags=tags,
+    )
 
 
 def _ended(run: JobRun) -> None:
@@ -629,6 +666,8 @@ def _stopped(run: JobRun, reason: str) -> str:
             )
         if cancelled:
             _ended(run)
+            if run.mlflow is not None:
+                run.mlflow.finish("KILLED")
         log.info("job %s cancelled", run.job_id)
         return "cancelled"
     if reason == "timeout":
@@ -651,6 +690,8 @@ def _fail(run: JobRun, error_type: str, message: str) -> str:
         )
     if failed:
         _ended(run)
+        if run.mlflow is not None:
+            run.mlflow.finish("FAILED")
     log.info("job %s failed: %s: %s", run.job_id, error_type, message)
     return "failed"
 
@@ -697,6 +738,8 @@ def _train(run: JobRun, request: TrainRequest) -> str:
             from_attempt=None if resumed_record is None else resumed_record["attempt"],
             history=callbacks.state.history,
         )
+        if run.mlflow is not None and initial_epoch:
+            run.mlflow.resume([_finite(logs) for logs in callbacks.state.history[:initial_epoch]])
         # A job its early stopping ended at the checkpoint's epoch trains no further: fit() then runs no epoch,
         # only its callbacks' ends (early stopping putting its best weights back), as they ran in the first place.
         epochs = initial_epoch if resumed is not None and resumed.stopped else request.fit.epochs
@@ -789,5 +832,9 @@ def _train(run: JobRun, request: TrainRequest) -> str:
         log.warning("job %s: model discarded, the job was %s meanwhile", job_id, "cancelled" if ours else "taken over")
         return _stopped(run, "cancelled" if ours else "lost")
     _ended(run)
+    if run.mlflow is not None:
+        run.mlflow.finish(
+            "FINISHED", evaluation=evaluation, model_file=final, model=(row.id, row.name, int(row.version))
+        )
     log.info("job %s succeeded: model %s", job_id, model_id)
     return "succeeded"

@@ -71,6 +71,16 @@ class TrialLink(BaseModel):
     params: dict[str, Any] = Field(description="The trial's values, by the JSON path each one replaced.")
 
 
+class MlflowJob(BaseModel):
+    run_id: str | None = Field(
+        default=None, description="The job's run in MLflow; an attempt that resumes it goes on in it."
+    )
+    experiment_id: str | None = Field(default=None, description="The MLflow experiment of the run.")
+    error: str | None = Field(
+        default=None, description="The last thing MLflow refused or did not answer (training went on without it)."
+    )
+
+
 class JobRead(BaseModel):
     job_id: str
     name: str | None
@@ -103,6 +113,9 @@ class JobRead(BaseModel):
         "which holds only this once the job has ended and its checkpoint file is removed.",
     )
     trial: TrialLink | None = Field(default=None, description="The experiment this job is a trial of, if any.")
+    mlflow: MlflowJob | None = Field(
+        default=None, description="Where the job is logged in MLflow, when TRAINSERVE_MLFLOW_TRACKING_URI is set."
+    )
     spec: dict[str, Any]
 
     @classmethod
@@ -131,6 +144,7 @@ class JobRead(BaseModel):
             else TrialLink(
                 experiment_id=job.experiment_id, number=job.trial_number or 0, params=job.trial_params or {}
             ),
+            mlflow=MlflowJob(**job.mlflow) if job.mlflow else None,
             spec=job.spec,
         )
 
