@@ -277,6 +277,25 @@ def predict_command(
     _run(action)
 
 
+@app.command("tensorboard")
+def tensorboard_command(
+    host: Annotated[str, typer.Option(help="Address TensorBoard listens on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port TensorBoard listens on.")] = 6006,
+) -> None:
+    """Run TensorBoard over every job's logs in this machine's model store (TRAINSERVE_HOME, TRAINSERVE_MODEL_STORE):
+    a run per job and split, <job id>/train and <job id>/validation. Needs TensorBoard (the `tensorboard` extra)."""
+    from service import tensorboard
+
+    if not tensorboard.installed():
+        Console(stderr=True).print(f"[red]{escape(tensorboard.INSTALL_HINT)}[/red]", soft_wrap=True)
+        raise typer.Exit(EXIT_REFUSED)
+    logdir = tensorboard.logs_root(get_settings().model_store)
+    logdir.mkdir(parents=True, exist_ok=True)
+    command = tensorboard.command_line(logdir, host, port)
+    print(f"TensorBoard over {logdir}: http://{host}:{port}/", flush=True)
+    os.execv(command[0], command)
+
+
 def main() -> None:
     try:
         app()

@@ -131,6 +131,9 @@ class JobRow(Base):
     experiment_id: Mapped[str | None] = mapped_column(String(32), index=True)
     trial_number: Mapped[int | None] = mapped_column(Integer)
     trial_params: Mapped[dict[str, Any] | None]
+    # Its MLflow run, when TRAINSERVE_MLFLOW_TRACKING_URI is set: {"run_id", "experiment_id"}, and {"error"} with
+    # the last thing MLflow refused (training went on without it).
+    mlflow: Mapped[dict[str, Any] | None]
 
 
 class ExperimentStatus(enum.StrEnum):
@@ -210,6 +213,12 @@ class ModelRow(Base):
     # A model trained on a text dataset: that dataset's ``TextEncoding``, so /predict takes raw text.
     text: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # Its exports beside the .keras file, made when it was published (``service.exports``): per format
+    # ("savedmodel", "weights") {"sha256", "size_bytes"}, or {"error"}; None for a model published before.
+    exports: Mapped[dict[str, Any] | None]
+    # Its version in MLflow's model registry, when TRAINSERVE_MLFLOW_TRACKING_URI is set: {"name", "version"}, or
+    # {"error"}.
+    mlflow: Mapped[dict[str, Any] | None]
 
 
 class DatasetRow(Base):

@@ -603,7 +603,8 @@ def _ask(settings: Settings, queue: JobQueue, experiment_id: str, request: Exper
 
 def publish_best(session: Session, model_id: str, name: str, settings: Settings) -> str | None:
     """The best trial's model, published as the next version of the experiment's name: another record of the same
-    file (hard-linked in the store under its own id, so each record's file is its own)."""
+    files (hard-linked in the store under its own id, so each record's files are its own)."""
+    from service.exports import link_exports
     from service.store import model_path
 
     source = registry.get_model(session=session, model_id=model_id)
@@ -622,6 +623,7 @@ def publish_best(session: Session, model_id: str, name: str, settings: Settings)
             os.link(model_path(store, model_id, ".tflite"), model_path(store, copy_id, ".tflite"))
         except FileNotFoundError:
             litert = {"error": "the trial's flatbuffer is missing from the store"}
+    linked = link_exports(store, model_id, copy_id, source.exports)
     copy = ModelRow(
         id=copy_id,
         name=name,
@@ -638,6 +640,7 @@ def publish_best(session: Session, model_id: str, name: str, settings: Settings)
         sha256=source.sha256,
         size_bytes=source.size_bytes,
         litert=litert,
+        exports=linked,
         text=source.text,
     )
     registry.add_version(session=session, model=copy)

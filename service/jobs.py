@@ -302,6 +302,13 @@ def clear_ended_checkpoint(*, session: Session, job: JobRow) -> bool:
     return changed(done)
 
 
+def record_mlflow(*, session: Session, job_id: str, values: dict[str, Any]) -> None:
+    """Merge ``values`` into the job's MLflow record (its run, or the last error MLflow answered)."""
+    job = session.get(JobRow, job_id)
+    if job is not None:
+        job.mlflow = {**(job.mlflow or {}), **values}
+
+
 def record_execution(*, session: Session, job_id: str, worker_id: str, attempt: int, execution: dict[str, Any]) -> bool:
     """Note how this attempt's training runs (its ``keras_build.Execution``); False if the job is no longer its."""
     return changed(

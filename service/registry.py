@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -104,3 +105,10 @@ def list_models(
 def versions(*, session: Session, name: str) -> Sequence[ModelRow]:
     """Every version of a name, newest first."""
     return session.scalars(select(ModelRow).where(ModelRow.name == name).order_by(ModelRow.version.desc())).all()
+
+
+def record_mlflow(*, session: Session, model_id: str, values: dict[str, Any]) -> None:
+    """The model's version in MLflow's registry, or why it has none."""
+    model = session.get(ModelRow, model_id)
+    if model is not None:
+        model.mlflow = values

@@ -196,6 +196,21 @@ class Settings(BaseSettings):
         "configured in the process (e.g. by `opentelemetry-instrument`). Off, the API does not look for them on "
         "each request; /metrics (Prometheus) counts and times requests either way.",
     )
+    mlflow_tracking_uri: str = Field(
+        default="",
+        description="An MLflow tracking server (e.g. http://mlflow:5000): each job is logged there as a run (its "
+        "spec's fields as params, every epoch's metrics, the evaluation, the .keras file) and each published model "
+        "registered under its name. Needs the `mlflow` extra in the workers. Empty: no MLflow.",
+    )
+    mlflow_experiment: str = Field(
+        default="TrainServe", min_length=1, description="The MLflow experiment the jobs' runs go to."
+    )
+    mlflow_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Longest a worker waits, once a job has ended, for MLflow to take what is left to log; MLflow "
+        "is written to in the background and never holds training up.",
+    )
     sse_heartbeat: float = Field(
         default=15.0, gt=0, description="Seconds between keep-alive comments on an idle event stream."
     )

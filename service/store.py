@@ -1,6 +1,8 @@
-"""The model store: per trained model a ``<model_id>.keras`` file and its LiteRT flatbuffer ``<model_id>.tflite``,
-each written atomically and checked by its sha256 when read; and, in its ``checkpoints`` directory, the training
-state a running job would resume from (``<job_id>-<attempt>-<epoch>.npz``), there only while the job runs."""
+"""The model store: per trained model a ``<model_id>.keras`` file, its LiteRT flatbuffer ``<model_id>.tflite`` and
+its exports (``<model_id>.savedmodel.tar``, ``<model_id>.weights.h5``), each written atomically and checked by its
+sha256 when read; in its ``checkpoints`` directory, the training state a running job would resume from
+(``<job_id>-<attempt>-<epoch>.npz``), there only while the job runs; and in ``tensorboard``, each job's TensorBoard
+event files (``service.tensorboard``), kept as long as the job's record."""
 
 from __future__ import annotations
 
@@ -28,6 +30,14 @@ def model_path(store: Path, model_id: str, suffix: str = ".keras") -> Path:
 
 def litert_path(store: Path, model_id: str) -> Path:
     return model_path(store, model_id, ".tflite")
+
+
+# The files a model's exports are stored in, beside its .keras file.
+EXPORT_SUFFIXES = {"savedmodel": ".savedmodel.tar", "weights": ".weights.h5"}
+
+
+def export_path(store: Path, model_id: str, export: str) -> Path:
+    return model_path(store, model_id, EXPORT_SUFFIXES[export])
 
 
 def sha256_file(path: Path) -> str:
@@ -85,12 +95,13 @@ def verified_bytes(path: Path, sha256: str, what: str) -> bytes:
     return content
 
 
-def verified_path(store: Path, model_id: str, sha256: str) -> Path:
-    path = model_path(store, model_id)
+def verified_path(store: Path, model_id: str, sha256: str, suffix: str = ".keras", what: str = "file") -> Path:
+    """The path of one of a model's files, once the file there is found to be the one whose sha256 was recorded."""
+    path = model_path(store, model_id, suffix)
     if not path.is_file():
-        raise StoreError(f"the file of model {model_id} is missing from the store")
+        raise StoreError(f"the {what} of model {model_id} is missing from the store")
     if sha256_file(path) != sha256:
-        raise StoreError(f"the file of model {model_id} does not match the sha256 recorded when it was saved")
+        raise StoreError(f"the {what} of model {model_id} does not match the sha256 recorded when it was saved")
     return path
 
 

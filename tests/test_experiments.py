@@ -9,7 +9,9 @@ trial.
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +23,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.examples import experiment_examples
+from service.exports import safe_name
 from service.settings import Settings
 from tests.conftest import chapter_request, running_worker
 
@@ -128,6 +131,12 @@ def test_the_chapters_six_optimizers_are_one_grid_experiment(api: TestClient) ->
     assert (published["name"], published["version"]) == (body["name"], 1)
     trained = api.get(f"/models/{best['model_id']}").json()
     assert published["sha256"] == trained["sha256"]
+    # Its exports too, each the trial's file, in TensorFlow Serving's layout under the experiment's name.
+    assert published["exports"] == trained["exports"]
+    archive = api.get(f"/models/{published['model_id']}/download", params={"format": "savedmodel"})
+    assert archive.status_code == 200
+    with tarfile.open(fileobj=io.BytesIO(archive.content), mode="r:gz") as tar:
+        assert f"{safe_name(body['name'])}/1/saved_model.pb" in tar.getnames()
     digit = [[0.0] * 8 for _ in range(8)]
     by_name = api.post("/predict", json={"model": body["name"], "instances": [digit]}).json()
     by_trial = api.post("/predict", json={"model_id": best["model_id"], "instances": [digit]}).json()

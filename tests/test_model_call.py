@@ -201,7 +201,7 @@ def test_a_model_that_does_not_convert_serves_on_tensorflow(compiler: ThreadPool
     import keras
     import tensorflow as tf
 
-    from worker.training import write_flatbuffer
+    from service.exports import write_exports
 
     def numpy_sin(x: Any) -> Any:
         y = tf.numpy_function(np.sin, [x], tf.float32)
@@ -211,11 +211,11 @@ def test_a_model_that_does_not_convert_serves_on_tensorflow(compiler: ThreadPool
     model = keras.Sequential([keras.Input((8, 8)), keras.layers.Lambda(numpy_sin), keras.layers.Flatten()])
     with pytest.raises(litert.ConversionError):
         litert.convert(model)
-    path = tmp_path / "model.tflite"
-    record = write_flatbuffer(model, path)
+    exported = write_exports(model, store=tmp_path, model_id="0" * 32, input_shape=(8, 8), rescale=None)
+    record = exported.litert
     assert set(record) == {"error"}
     assert record["error"]
-    assert not path.exists()
+    assert not (tmp_path / f"{'0' * 32}.tflite").exists()
     call = ModelCall(model, (8, 8), None, max_batch_size=2, compiler=compiler, litert=None)
     x = batches(2)[0]
     assert np.allclose(call(x), np.sin(x).reshape(2, -1), atol=1e-6)

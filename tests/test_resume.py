@@ -28,9 +28,11 @@ from service.db import EpochRow, JobRow, JobStatus, session_scope, utcnow
 from service.settings import Settings
 from service.spec import TrainRequest
 from service.store import checkpoint_dir, checkpoint_files, checkpoint_name
+from service.tensorboard import attempt_of, event_files
 from tests.conftest import wait_for_job
 from tests.test_metrics import samples, value
 from tests.test_recovery import Cluster, child_pids, pid_of
+from tests.test_tensorboard import assert_logs_are_the_history, read_logs
 
 pytestmark = pytest.mark.slow
 
@@ -208,6 +210,13 @@ def test_a_killed_pool_process_resumes_after_its_last_checkpoint_with_the_same_w
     assert job["evaluation"] == reference["evaluation"]
     assert_same_weights(api, job["model_id"], reference["model_id"])
     wait_for_no_checkpoint_of(cluster, job_id)
+    # Its TensorBoard logs too: every epoch once, the killed attempt's files gone.
+    with tempfile.TemporaryDirectory() as scratch:
+        scalars, _ = read_logs(api, job_id, Path(scratch))
+    assert_logs_are_the_history(scalars, job["history"])
+    assert {
+        attempt_of(p.name) for paths in event_files(cluster.settings.model_store, job_id).values() for p in paths
+    } == {2}
 
 
 def test_early_stopping_and_a_schedule_carry_on_across_the_resume(

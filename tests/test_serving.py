@@ -469,6 +469,7 @@ def test_small_batches_run_on_the_flatbuffer_published_beside_the_model(
         "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
         "size_bytes": path.stat().st_size,
         "error": None,
+        "rescaled": True,  # it takes the dataset's units, as the SavedModel export it was converted from
     }
     app = create_app(settings.model_copy(update={"predict_litert": "always", "predict_xla": "never"}))
     x = digits(5, 20)

@@ -27,7 +27,7 @@ import numpy as np
 from billiard.exceptions import SoftTimeLimitExceeded
 from sklearn.model_selection import train_test_split
 
-from service import jobs
+from service import exports, jobs
 from service.datasets.builtin import DatasetInfo, DatasetUnavailableError, LoadedDataset
 from service.datasets.loading import load_training_data
 from service.db import ModelRow, new_id, session_scope
@@ -46,15 +46,14 @@ from service.spec import CheckpointCallback, EarlyStoppingCallback, TrainRequest
 from service.store import (
     StoreError,
     checkpoint_name,
-    litert_path,
     model_path,
     publish,
     remove_checkpoint,
     temporary_path,
-    write,
     write_checkpoint,
 )
 from worker import checkpoints
+from worker.tensorboard import TensorBoardLog
 from worker.trials import TrialPruning, trial_pruning
 
 log = logging.getLogger(__name__)
@@ -188,7 +187,11 @@ class EpochReporter(keras.callbacks.Callback):  # type: ignore[misc]
                 metrics=_finite(logs),
                 seconds=seconds,
             )
-        if not recorded:
+        if recorded:
+            run.recorded_epoch = epoch + 1
+            if run.mlflow is not None:
+                run.mlflow.epoch(epoch + 1, _finite(logs))
+        else:
             run.request_stop("lost")
 
 
@@ -337,6 +340,8 @@ class Callbacks:
     checkpoint: tuple[CheckpointCallback, CheckpointWatch, Path] | None
     # Last in ``keras``: resumes the job, checkpoints every epoch, and has the whole history once fit() returns.
     state: EpochCheckpoint
+    # Writes the epochs this attempt recorded as TensorBoard event files, before each is checkpointed.
+    tensorboard: TensorBoardLog
     # A trial of an experiment with a pruner: reports each epoch to the study, which may stop it there.
     pruning: TrialPruning | None = None
 
@@ -362,7 +367,16 @@ class Callbacks:
         if pruning is not None:
             built.append(pruning)
         state = EpochCheckpoint(run, list(built))
-        return cls([*built, state], early, checkpoint, state, pruning)
+        # Outside the checkpoint's callbacks (whose state it keeps), but before it: an epoch is on disk before its
+        # checkpoint is recorded.
+        tensorboard = TensorBoardLog(
+            run.settings.model_store,
+            run.job_id,
+            run.attempt,
+            request.fit.tensorboard.histogram_freq,
+            recorded=lambda epoch: run.recorded_epoch == epoch,
+        )
+        return cls([*built, tensorboard, state], early, checkpoint, state, tensorboard, pruning)
 
     def outcome(self, model: Any, epochs_run: int) -> dict[str, Any]:
         """How training ended, after fit() returned (``TrainingOutcome`` in the API); loads the checkpoint's
@@ -458,6 +472,10 @@ class JobRun:
         # with each of its own; and the epoch this attempt resumed after (None: it started from the first).
         self.checkpoint: dict[str, Any] | None = None
         self.resumed_from: int | None = None
+        # The last epoch this attempt recorded on the job: what it may log elsewhere (TensorBoard, MLflow).
+        self.recorded_epoch = 0
+        # The job's MLflow run, when TRAINSERVE_MLFLOW_TRACKING_URI is set.
+        self.mlflow: Any = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._keep_lease, name=f"lease-{job_id}", daemon=True)
 
@@ -576,8 +594,12 @@ def _run_job(job_id: str, settings: Settings) -> str:
         run.attempt = job.attempts
         run.checkpoint = job.checkpoint if jobs.checkpoint_file(job.checkpoint) else None
         run.resumed_from = jobs.resumed_from_epoch(job.checkpoint)
+        mlflow_record = job.mlflow
+        trial = (job.experiment_id, job.trial_number)
     log.info("job %s: attempt %d started in %s", job_id, run.attempt, run.worker_id)
     run.start()
+    if settings.mlflow_tracking_uri:
+        run.mlflow = _mlflow_run(run, request, mlflow_record, trial)
     try:
         return _train(run, request)
     except JobStoppedError as stop:
@@ -593,17 +615,36 @@ def _run_job(job_id: str, settings: Settings) -> str:
         return _fail(run, type(exc).__name__, str(exc) or repr(exc))
     finally:
         run.stop()
+        if run.mlflow is not None:
+            run.mlflow.close(settings.mlflow_timeout)
         keras.backend.clear_session()
 
 
-def write_flatbuffer(model: Any, path: Path) -> dict[str, Any]:
-    """The model's LiteRT flatbuffer, written beside its .keras file: its record, or why there is none."""
+def _mlflow_run(
+    run: JobRun, request: TrainRequest, record: dict[str, Any] | None, trial: tuple[str | None, int | None]
+) -> Any:
+    """The job's MLflow run (the one its record names, when an earlier attempt started it); None when MLflow
+    cannot even be set up here, which is logged and recorded on the job."""
     try:
-        content = litert.convert(model)
-    except litert.ConversionError as exc:
-        log.warning("model %s has no LiteRT flatbuffer: %s", path.stem, exc)
-        return {"error": str(exc)}
-    return {"sha256": write(path.parent, path, content), "size_bytes": len(content)}
+        from worker.mlflow_log import MlflowRun
+    except ImportError as exc:
+        message = f"MLflow is not installed in this worker (pip install 'trainserve[mlflow]'): {exc}"
+        log.warning("job %s: %s", run.job_id, message)
+        with session_scope(run.settings.database_url) as session:
+            jobs.record_mlflow(session=session, job_id=run.job_id, values={"error": message})
+        return None
+    tags = {"trainserve.job_id": run.job_id}
+    experiment_id, number = trial
+    if experiment_id is not None:
+        tags |= {"trainserve.experiment_id": experiment_id, "trainserve.trial": str(number)}
+    return MlflowRun(
+        run.settings,
+        job_id=run.job_id,
+        run_name=request.name or request.model.name or run.job_id,
+        spec=request.model_dump(mode="json"),
+        record=record,
+        tags=tags,
+    )
 
 
 def _ended(run: JobRun) -> None:
@@ -625,6 +666,8 @@ def _stopped(run: JobRun, reason: str) -> str:
             )
         if cancelled:
             _ended(run)
+            if run.mlflow is not None:
+                run.mlflow.finish("KILLED")
         log.info("job %s cancelled", run.job_id)
         return "cancelled"
     if reason == "timeout":
@@ -647,6 +690,8 @@ def _fail(run: JobRun, error_type: str, message: str) -> str:
         )
     if failed:
         _ended(run)
+        if run.mlflow is not None:
+            run.mlflow.finish("FAILED")
     log.info("job %s failed: %s: %s", run.job_id, error_type, message)
     return "failed"
 
@@ -685,24 +730,35 @@ def _train(run: JobRun, request: TrainRequest) -> str:
     log.info("job %s: %d steps per execution, XLA %s", job_id, execution.steps_per_execution, execution.jit_compile)
     with tempfile.TemporaryDirectory(prefix="trainserve-job-") as scratch:
         callbacks = Callbacks.build(request, run, Path(scratch))
+        resumed_record = run.checkpoint
         initial_epoch = callbacks.state.resume(model)
         resumed = callbacks.state.resumed
+        callbacks.tensorboard.resume(
+            epochs=initial_epoch,
+            from_attempt=None if resumed_record is None else resumed_record["attempt"],
+            history=callbacks.state.history,
+        )
+        if run.mlflow is not None and initial_epoch:
+            run.mlflow.resume([_finite(logs) for logs in callbacks.state.history[:initial_epoch]])
         # A job its early stopping ended at the checkpoint's epoch trains no further: fit() then runs no epoch,
         # only its callbacks' ends (early stopping putting its best weights back), as they ran in the first place.
         epochs = initial_epoch if resumed is not None and resumed.stopped else request.fit.epochs
         validation = None if splits.x_val is None else (splits.x_val, splits.y_val)
-        model.fit(
-            splits.x_train,
-            splits.y_train,
-            epochs=epochs,
-            initial_epoch=initial_epoch,
-            batch_size=request.fit.batch_size,
-            validation_split=request.fit.validation_split,
-            validation_data=validation,
-            shuffle=request.fit.shuffle,
-            callbacks=callbacks.keras,
-            verbose=0,
-        )
+        try:
+            model.fit(
+                splits.x_train,
+                splits.y_train,
+                epochs=epochs,
+                initial_epoch=initial_epoch,
+                batch_size=request.fit.batch_size,
+                validation_split=request.fit.validation_split,
+                validation_data=validation,
+                shuffle=request.fit.shuffle,
+                callbacks=callbacks.keras,
+                verbose=0,
+            )
+        finally:
+            callbacks.tensorboard.close()
         run.check()
         history = callbacks.state.history  # every epoch of the job, those before a resume too
         outcome = callbacks.outcome(model, len(history))
@@ -718,11 +774,19 @@ def _train(run: JobRun, request: TrainRequest) -> str:
     store = settings.model_store
     temp = temporary_path(store)
     final = model_path(store, model_id)
-    flatbuffer = litert_path(store, model_id)
+    made: list[Path] = [final]
     try:
         model.save(temp)
         sha256 = publish(temp, final)
-        converted = write_flatbuffer(model, flatbuffer) if settings.predict_litert != "never" else None
+        exported = exports.write_exports(
+            model,
+            store=store,
+            model_id=model_id,
+            input_shape=tuple(request.model.input_shape),
+            rescale=request.dataset.rescale,
+            litert_off=litert.LITERT_OFF if settings.predict_litert == "never" else None,
+        )
+        made += exported.files
         row = ModelRow(
             id=model_id,
             name=request.name or request.model.name or f"model-{model_id[:8]}",
@@ -738,7 +802,8 @@ def _train(run: JobRun, request: TrainRequest) -> str:
             path=final.name,
             sha256=sha256,
             size_bytes=final.stat().st_size,
-            litert=converted,
+            litert=exported.litert,
+            exports=exported.exports,
             text=info.text,
         )
         with session_scope(settings.database_url) as session:
@@ -753,19 +818,23 @@ def _train(run: JobRun, request: TrainRequest) -> str:
                 resumed_from_epoch=run.resumed_from,
             )
     except BaseException:
-        final.unlink(missing_ok=True)
-        flatbuffer.unlink(missing_ok=True)
+        for path in made:
+            path.unlink(missing_ok=True)
         raise
     finally:
         temp.unlink(missing_ok=True)
     if not published:
         # Cancelled while saving, or no longer this worker's job: keep no model for it.
-        final.unlink(missing_ok=True)
-        flatbuffer.unlink(missing_ok=True)
+        for path in made:
+            path.unlink(missing_ok=True)
         with session_scope(settings.database_url) as session:
             ours = jobs.still_holds(session=session, job_id=job_id, worker_id=run.worker_id, attempt=run.attempt)
         log.warning("job %s: model discarded, the job was %s meanwhile", job_id, "cancelled" if ours else "taken over")
         return _stopped(run, "cancelled" if ours else "lost")
     _ended(run)
+    if run.mlflow is not None:
+        run.mlflow.finish(
+            "FINISHED", evaluation=evaluation, model_file=final, model=(row.id, row.name, int(row.version))
+        )
     log.info("job %s succeeded: model %s", job_id, model_id)
     return "succeeded"

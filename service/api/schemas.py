@@ -83,6 +83,16 @@ class TrialLink(BaseModel):
     params: dict[str, Any] = Field(description="The trial's values, by the JSON path each one replaced.")
 
 
+class MlflowJob(BaseModel):
+    run_id: str | None = Field(
+        default=None, description="The job's run in MLflow; an attempt that resumes it goes on in it."
+    )
+    experiment_id: str | None = Field(default=None, description="The MLflow experiment of the run.")
+    error: str | None = Field(
+        default=None, description="The last thing MLflow refused or did not answer (training went on without it)."
+    )
+
+
 class JobRead(BaseModel):
     job_id: str
     name: str | None
@@ -115,6 +125,9 @@ class JobRead(BaseModel):
         "which holds only this once the job has ended and its checkpoint file is removed.",
     )
     trial: TrialLink | None = Field(default=None, description="The experiment this job is a trial of, if any.")
+    mlflow: MlflowJob | None = Field(
+        default=None, description="Where the job is logged in MLflow, when TRAINSERVE_MLFLOW_TRACKING_URI is set."
+    )
     spec: dict[str, Any]
 
     @classmethod
@@ -143,6 +156,7 @@ class JobRead(BaseModel):
             else TrialLink(
                 experiment_id=job.experiment_id, number=job.trial_number or 0, params=job.trial_params or {}
             ),
+            mlflow=MlflowJob(**job.mlflow) if job.mlflow else None,
             spec=job.spec,
         )
 
@@ -156,6 +170,30 @@ class LiteRt(BaseModel):
     sha256: str | None = Field(default=None, description="Of the `.tflite` file beside the `.keras` one.")
     size_bytes: int | None = None
     error: str | None = Field(default=None, description="Why the model has no flatbuffer: the converter's error.")
+    rescaled: bool = Field(
+        default=False,
+        description="The flatbuffer applies the rescale itself and takes the dataset's units, as the SavedModel "
+        "export does (false for a flatbuffer made before, which takes inputs already rescaled).",
+    )
+
+
+class ExportFile(BaseModel):
+    sha256: str | None = Field(default=None, description="Of the stored file.")
+    size_bytes: int | None = None
+    error: str | None = Field(default=None, description="Why the model has no such export.")
+
+
+class Exports(BaseModel):
+    savedmodel: ExportFile | None = Field(
+        default=None, description="The SavedModel (`GET /models/{id}/download?format=savedmodel`), stored as a tar."
+    )
+    weights: ExportFile | None = Field(default=None, description="The `.weights.h5` file (`format=weights`).")
+
+
+class MlflowModel(BaseModel):
+    name: str | None = Field(default=None, description="The registered model's name in MLflow's registry.")
+    version: str | None = Field(default=None, description="Its version there (MLflow numbers them itself).")
+    error: str | None = Field(default=None, description="Why it is not registered: what MLflow answered.")
 
 
 class ModelRead(BaseModel):
@@ -183,6 +221,14 @@ class ModelRead(BaseModel):
         description="The model converted to a LiteRT flatbuffer when it was published, which serves small "
         "batches where it is faster than TensorFlow; null for a model published before flatbuffers were made."
     )
+    exports: Exports | None = Field(
+        default=None,
+        description="Its exports made when it was published (see `GET /models/{id}/download?format=`); null for a "
+        "model published before exports were made.",
+    )
+    mlflow: MlflowModel | None = Field(
+        default=None, description="Its version in MLflow's model registry, when TRAINSERVE_MLFLOW_TRACKING_URI is set."
+    )
 
     @classmethod
     def from_row(cls, row: ModelRow) -> ModelRead:
@@ -203,6 +249,8 @@ class ModelRead(BaseModel):
             sha256=row.sha256,
             size_bytes=row.size_bytes,
             litert=LiteRt(**row.litert) if row.litert else None,
+            exports=Exports.model_validate(row.exports) if row.exports else None,
+            mlflow=MlflowModel(**row.mlflow) if row.mlflow else None,
         )
 
 

@@ -53,6 +53,8 @@ class ModelInfo:
     activation_bytes: int
     # The sha256 of its LiteRT flatbuffer, if it has one.
     litert_sha256: str | None
+    # Whether that flatbuffer applies the rescale itself (made from the model's SavedModel export).
+    litert_rescaled: bool = False
     # A model trained on texts: how a text becomes its input, so instances may be raw text.
     text: TextEncoding | None = None
 
@@ -73,6 +75,7 @@ class ModelInfo:
             activation_bytes=4
             * (math.prod(input_shape) + sum(math.prod(d or 1 for d in layer["output_shape"][1:]) for layer in layers)),
             litert_sha256=(row.litert or {}).get("sha256"),
+            litert_rescaled=bool((row.litert or {}).get("rescaled")),
             text=None if row.text is None else TextEncoding.from_json(row.text),
         )
 
@@ -188,6 +191,7 @@ class ModelCache:
                 info.rescale,
                 litert=flatbuffer,
                 litert_refusal=refusal,
+                litert_rescaled=info.litert_rescaled,
                 litert_mode=self._litert,
                 max_batch_size=self._max_batch_size,
                 compiler=self._compiler,

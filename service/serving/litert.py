@@ -8,9 +8,12 @@ its sha256, and an API process only loads it (:class:`LiteRtModel`): the model c
 per batch size and keeps the faster (``service.serving.model_call``).
 
 The conversion goes through an exported SavedModel, the path TensorFlow's converter takes for a Keras model (from
-a traced function it gave NaN); even so, every loaded flatbuffer must give the graph's answers on a probe
-batch (:func:`difference` within :data:`PROBE_TOLERANCE`) before it serves, and a model that does not convert, or
-whose flatbuffer differs, is served by the graph.
+a traced function it gave NaN): the worker converts the SavedModel it exports for TensorFlow Serving
+(``service.exports``), whose ``serving_default`` applies the dataset's rescale itself, so the flatbuffer takes
+inputs in the dataset's units as every prediction protocol does (its record says ``"rescaled": true``; a flatbuffer
+of a model published before takes them rescaled, and :class:`LiteRtModel` rescales for it). Even so, every loaded
+flatbuffer must give the graph's answers on a probe batch (:func:`difference` within :data:`PROBE_TOLERANCE`)
+before it serves, and a model that does not convert, or whose flatbuffer differs, is served by the graph.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import io
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,18 +43,38 @@ class ConversionError(Exception):
     """A model TensorFlow's converter could not turn into a flatbuffer."""
 
 
-def convert(model: Any) -> bytes:
-    """The model's inference function (``training=False``) as a TFLite flatbuffer: float32, TFLite's builtin ops."""
+def check_convertible(model: Any) -> None:
+    """Raise ConversionError for a model TFLite's builtin ops cannot run, before any work is spent on it."""
     import keras
-    import tensorflow as tf
 
     if any(isinstance(layer, keras.layers.RNN | keras.layers.Bidirectional) for layer in model.layers):
         # Their loops over the steps are TensorFlow list ops, which the converter lowers only behind a private flag.
         raise ConversionError(RECURRENT)
+
+
+def convert(model: Any) -> bytes:
+    """The model's inference function (``training=False``) as a TFLite flatbuffer: float32, TFLite's builtin ops.
+    It takes what the model takes (inputs after the rescale)."""
+    import tensorflow as tf
+
+    check_convertible(model)
     try:
         # It exports the model as a SavedModel in a temporary directory, and prints that export's endpoints.
         with contextlib.redirect_stdout(io.StringIO()):
             content: bytes = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    except Exception as exc:
+        raise ConversionError(f"{type(exc).__name__}: {exc}".strip()[:2000]) from exc
+    return content
+
+
+def convert_saved_model(directory: Path, signature: str) -> bytes:
+    """A SavedModel's ``signature`` as a TFLite flatbuffer (float32, TFLite's builtin ops), with that signature's
+    input and output names."""
+    import tensorflow as tf
+
+    try:
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(directory), signature_keys=[signature])
+        content: bytes = converter.convert()
     except Exception as exc:
         raise ConversionError(f"{type(exc).__name__}: {exc}".strip()[:2000]) from exc
     return content
@@ -65,6 +89,7 @@ class LiteRtModel:
     """
 
     def __init__(self, content: bytes, input_shape: tuple[int, ...], rescale: float | None) -> None:
+        """``rescale``: what to multiply inputs by before the flatbuffer sees them (None when it rescales itself)."""
         from ai_edge_litert.interpreter import Interpreter
 
         self.content = content

@@ -319,10 +319,12 @@ def load_model_call(
     *,
     litert: bytes | None = None,
     litert_refusal: str | None = None,
+    litert_rescaled: bool = False,
     **kwargs: Any,
 ) -> ModelCall:
     """Load a stored model (``safe_mode``: no code from the file runs) as a :class:`ModelCall`, with the LiteRT
-    runtime of its flatbuffer (``litert``) if the interpreter reads it; ``litert_refusal``: why there is none."""
+    runtime of its flatbuffer (``litert``) if the interpreter reads it; ``litert_refusal``: why there is none;
+    ``litert_rescaled``: the flatbuffer applies the rescale itself (it takes the dataset's units)."""
     from service.keras_build import load_stored_model
 
     model = load_stored_model(path)
@@ -330,7 +332,7 @@ def load_model_call(
     refusal = litert_refusal or NO_FLATBUFFER
     if litert is not None:
         try:
-            runtime = LiteRtModel(litert, input_shape, rescale)
+            runtime = LiteRtModel(litert, input_shape, None if litert_rescaled else rescale)
         except Exception as exc:
             refusal = f"the interpreter did not read the flatbuffer: {type(exc).__name__}: {exc}"
             log.warning("LiteRT refused: %s", refusal)

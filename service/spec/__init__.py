@@ -108,6 +108,7 @@ from service.spec.request import (
     DatasetSpec,
     FitSpec,
     ModelSpec,
+    TensorBoardSpec,
     TrainRequest,
     exactly_one_of,
 )
@@ -196,6 +197,7 @@ __all__ = [
     "ScheduleSpec",
     "SimpleRNNLayer",
     "Strict",
+    "TensorBoardSpec",
     "TrainRequest",
     "enum_schema",
     "exactly_one_of",

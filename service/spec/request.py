@@ -277,6 +277,19 @@ class DatasetSpec(Strict):
         return self
 
 
+class TensorBoardSpec(Strict):
+    """What the job's TensorBoard logs hold beyond every epoch's loss, metrics and learning rate, which they
+    always have (``GET /jobs/{id}/tensorboard``)."""
+
+    histogram_freq: int = Field(
+        default=0,
+        ge=0,
+        le=100_000,
+        description="Write a histogram of every weight every this many epochs (from the first), as "
+        "keras.callbacks.TensorBoard(histogram_freq=...) does; 0: none.",
+    )
+
+
 class FitSpec(Strict):
     epochs: int = Field(default=5, ge=1, le=100_000, description="Also capped by TRAINSERVE_MAX_EPOCHS.")
     batch_size: int = Field(default=32, ge=1, le=65_536)
@@ -301,6 +314,11 @@ class FitSpec(Strict):
         "and the same numbers at any value; more steps per call spend less time between them. 'auto' chooses from "
         "the model's size so that one call takes a fraction of a second (a cancel or the time limit acts at the next "
         "call); the job records what was used.",
+    )
+    tensorboard: TensorBoardSpec = Field(
+        default_factory=TensorBoardSpec,
+        description="The job's TensorBoard logs: every epoch's loss, metrics and learning rate always; weight "
+        "histograms with histogram_freq, e.g. {'histogram_freq': 1}.",
     )
     jit_compile: bool | Literal["auto"] = Field(
         default="auto",

@@ -6,8 +6,9 @@ from typing import Annotated, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
 
-from service import jobs, script
+from service import jobs, script, tensorboard
 from service.api import links
 from service.api.deps import Limit, Offset, SessionDep, SettingsDep
 from service.api.errors import ApiError, item, not_found, responses, validation_error
@@ -137,3 +138,29 @@ def get_script(job_id: JobId, session: SessionDep, request: Request) -> Response
         test_split=test_split,
     )
     return Response(text, media_type=PYTHON, headers={"Content-Disposition": attachment(job.name or job.id, ".py")})
+
+
+@router.get(
+    "/{job_id}/tensorboard",
+    response_class=Response,
+    responses={**responses(404, 409), 200: {"content": {"application/x-tar": {}}, "description": "A tar."}},
+)
+def get_tensorboard(job_id: JobId, session: SessionDep, settings: SettingsDep) -> Response:
+    """The job's TensorBoard event files as a tar, laid out as Keras' `TensorBoard` callback writes them:
+    `<job_id>/train/` and `<job_id>/validation/`, each epoch's loss, metrics and learning rate (step: the epoch
+    less one) and weight histograms when the request asked for them (`fit.tensorboard.histogram_freq`). Untar it
+    and run `tensorboard --logdir .`. A running job's logs so far; 409 for a job that has none yet."""
+    job = jobs.get_job(session=session, job_id=job_id)
+    if job is None:
+        raise not_found("job", job_id)
+    files = tensorboard.served_files(settings.model_store, job.id, job.attempts)
+    if not files:
+        if job.status == JobStatus.QUEUED:
+            why = "it is queued; its logs begin when its first epoch ends"
+        elif job.status == JobStatus.RUNNING:
+            why = "its first epoch has not ended yet"
+        else:
+            why = f"it {job.status} before the end of its first epoch (or was trained before jobs wrote logs)"
+        raise ApiError(409, "no_tensorboard_logs", f"job {job.id} has no TensorBoard logs yet: {why}")
+    headers = {"Content-Disposition": f'attachment; filename="{job.id}-tensorboard.tar"'}
+    return StreamingResponse(tensorboard.archive(files, job.id), media_type="application/x-tar", headers=headers)

@@ -5,13 +5,13 @@ from __future__ import annotations
 from functools import partial
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, PlainTextResponse
+from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.orm import Session
 
-from service import registry
+from service import exports, registry
 from service.api import links
 from service.api.deps import Limit, Offset, SessionDep, SettingsDep
 from service.api.errors import (
@@ -26,6 +26,7 @@ from service.api.errors import (
 from service.api.params import ModelId
 from service.api.schemas import ModelList, ModelRead, ModelSummary
 from service.db import ModelRow
+from service.exports import Format
 from service.inspection import Activations, InspectionError, Inspector, LayerWeights, answer_bytes, layer_names
 from service.serving.codecs.arrays import batch_from_json, batch_from_texts
 from service.serving.engine import ModelInfo
@@ -86,19 +87,63 @@ def get_summary(
     return summary
 
 
+DOWNLOADS = {
+    "keras": ("application/octet-stream", ".keras"),
+    "savedmodel": ("application/gzip", ".savedmodel.tar.gz"),
+    "litert": ("application/octet-stream", ".tflite"),
+    "weights": ("application/octet-stream", ".weights.h5"),
+}
+
+
 @router.get(
     "/{model_id}/download",
-    response_class=FileResponse,
-    responses={**responses(404, 500), 200: {"content": {"application/octet-stream": {}}}},
+    response_class=Response,
+    responses={
+        **responses(404, 409, 422, 500),
+        200: {"content": {"application/octet-stream": {}, "application/gzip": {}}},
+    },
 )
-def download(model_id: ModelId, session: SessionDep, settings: SettingsDep) -> FileResponse:
-    """The trained model as a `.keras` file, for `keras.models.load_model`."""
+def download(
+    model_id: ModelId,
+    session: SessionDep,
+    settings: SettingsDep,
+    format: Annotated[
+        Format,
+        Query(
+            description="`keras`: the `.keras` file, for `keras.models.load_model`. `savedmodel`: a `.tar.gz` of "
+            "the SavedModel in TensorFlow Serving's `<name>/<version>/` layout; its `serving_default` takes "
+            "`input` in the dataset's units (the rescale applied inside) and answers `output`, as "
+            "`/v1/models/{name}:predict` does. `litert`: the LiteRT (TFLite) flatbuffer, the same signature. "
+            "`weights`: `model.save_weights`' `.weights.h5`, for the same architecture (inputs after the rescale, "
+            "as the `.keras` model takes them). 409 when the model has no such export, saying why."
+        ),
+    ] = "keras",
+) -> Response:
+    """The trained model, in the format asked for (see *Exports* in the README)."""
     row = _model(session, model_id)
+    media_type, suffix = DOWNLOADS[format]
+    filename = f"{row.id}{suffix}"
+    store = settings.model_store
     try:
-        path = verified_path(settings.model_store, row.id, row.sha256)
+        if format == "keras":
+            path = verified_path(store, row.id, row.sha256)
+        elif format == "savedmodel":
+            sha256 = exports.recorded(row.exports, format, row.id)
+            archive = exports.savedmodel_archive(store, row.id, sha256, name=row.name, version=row.version)
+            headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
+            return StreamingResponse(archive, media_type=media_type, headers=headers)
+        elif format == "litert":
+            rescale = row.dataset.get("rescale")
+            sha256 = exports.litert_sha256(row.litert, None if rescale is None else float(rescale), row.id)
+            path = exports.verified_export(store, row.id, format, sha256)
+        else:
+            sha256 = exports.recorded(row.exports, format, row.id)
+            path = exports.verified_export(store, row.id, format, sha256)
+    except exports.ExportUnavailableError as exc:
+        raise ApiError(409, "export_unavailable", str(exc), [item(["query", "format"], str(exc))]) from exc
     except StoreError as exc:
         raise ApiError(500, "store_error", str(exc)) from exc
-    return FileResponse(path, media_type="application/octet-stream", filename=f"{row.id}.keras")
+    return FileResponse(path, media_type=media_type, filename=filename)
 
 
 def _inspector(request: Request) -> Inspector:
