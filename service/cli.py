@@ -70,23 +70,50 @@ def api(host: Host = "127.0.0.1", port: Port = 8000) -> None:
 @app.command()
 def worker(
     concurrency: Annotated[int | None, typer.Option(help="Training processes (default from settings).")] = None,
+    pool: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--pool",
+            help="A pool whose jobs this worker takes (repeat for several); default TRAINSERVE_WORKER_POOLS, "
+            "or `gpu` with --accelerator gpu.",
+        ),
+    ] = None,
+    accelerator: Annotated[
+        str | None,
+        typer.Option(help="`gpu`: GPU memory grows as needed and each training process runs one job."),
+    ] = None,
 ) -> None:
     """Run a Celery worker that trains jobs from TRAINSERVE_REDIS_URL; start as many as wanted, anywhere."""
-    from worker.celery_app import app as celery
-
-    settings = get_settings()
+    # The options become the settings every process of the worker reads (its pool children too).
+    if accelerator is not None:
+        os.environ["TRAINSERVE_WORKER_ACCELERATOR"] = accelerator
+        if not pool and accelerator == "gpu" and "TRAINSERVE_WORKER_POOLS" not in os.environ:
+            pool = ["gpu"]
+    if pool:
+        os.environ["TRAINSERVE_WORKER_POOLS"] = ",".join(pool)
+    get_settings.cache_clear()
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        raise typer.BadParameter(str(exc)) from None
     if not settings.redis_url:
         raise typer.BadParameter("set TRAINSERVE_REDIS_URL (or use `trainserve serve`)")
+    from service.queue import advance_queue, queue_name
+    from worker.celery_app import app as celery
+
+    queues = [queue_name(settings, name) for name in settings.pools] + [advance_queue(settings)]
+    one_job_each = ["--max-tasks-per-child=1"] if settings.worker_accelerator == "gpu" else []
     celery.worker_main(
         [
             "worker",
             f"--loglevel={settings.log_level.upper()}",
-            f"--queues={settings.queue}",
+            f"--queues={','.join(queues)}",
             f"--concurrency={concurrency or settings.worker_concurrency}",
             "--pool=prefork",
             f"--hostname=trainserve-{os.getpid()}@%h",
             "--without-gossip",
             "--without-mingle",
+            *one_job_each,
         ]
     )
 

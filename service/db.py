@@ -131,6 +131,8 @@ class JobRow(Base):
     experiment_id: Mapped[str | None] = mapped_column(String(32), index=True)
     trial_number: Mapped[int | None] = mapped_column(Integer)
     trial_params: Mapped[dict[str, Any] | None]
+    # The pool of workers it trains in (``resources`` of its request); None is the default pool.
+    pool: Mapped[str | None] = mapped_column(String(40))
 
 
 class ExperimentStatus(enum.StrEnum):

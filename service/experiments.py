@@ -586,13 +586,13 @@ def _ask(settings: Settings, queue: JobQueue, experiment_id: str, request: Exper
         job.experiment_id, job.trial_number, job.trial_params = experiment_id, number, values
         row.trials_asked += 1
         session.flush()
-        job_id = job.id
+        job_id, pool = job.id, job.pool
     if refusal is not None:
         log.warning("experiment %s: trial %d refused: %s", experiment_id, number, refusal)
         the_study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
         return False
     try:
-        queue.send(job_id)
+        queue.send(job_id, pool)
     except Exception:
         log.exception("experiment %s: trial %d not queued now; the reconciler sends it again", experiment_id, number)
         return True

@@ -22,6 +22,7 @@ from service.db import (
     epoch_bucket,
     utcnow,
 )
+from service.settings import DEFAULT_POOL
 from service.spec import TrainRequest
 
 
@@ -35,10 +36,25 @@ def create_job(
         epochs=request.fit.epochs,
         idempotency_key=idempotency_key,
         request_sha256=request_sha256,
+        pool=pool_of(request),
     )
     session.add(job)
     session.flush()
     return job
+
+
+def pool_of(request: TrainRequest) -> str | None:
+    """The pool a job's row records: None for the default pool."""
+    pool = request.resources.pool_name
+    return None if pool == DEFAULT_POOL else pool
+
+
+def queued_by_pool(*, session: Session) -> dict[str, int]:
+    """Queued jobs per pool (the default pool as ``DEFAULT_POOL``)."""
+    rows = session.execute(
+        select(JobRow.pool, func.count()).where(JobRow.status == JobStatus.QUEUED).group_by(JobRow.pool)
+    )
+    return {pool or DEFAULT_POOL: int(count) for pool, count in rows}
 
 
 def get_job(*, session: Session, job_id: str) -> JobRow | None:

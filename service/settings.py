@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -13,6 +14,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
+
+# A pool's name: what `trainserve worker --pool NAME` offers and a request's `resources.pool` asks for. It becomes
+# part of a Redis key and of a Celery queue's name, hence the narrow alphabet.
+POOL_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,39}$"
+DEFAULT_POOL = "default"
 
 # What a key may do: ``KEY`` everything, ``KEY:read`` read and predict only.
 SCOPES = ("", "read")
@@ -123,6 +129,16 @@ class Settings(BaseSettings):
     queue: str = Field(default="trainserve", description="Celery queue the training jobs go to.")
     worker_concurrency: int = Field(
         default=1, ge=1, description="Training processes per worker (each keeps TensorFlow loaded)."
+    )
+    worker_pools: str = Field(
+        default=DEFAULT_POOL,
+        description="Comma-separated pools whose jobs a worker takes (`trainserve worker --pool`); a job asks for "
+        "one with `resources.pool`.",
+    )
+    worker_accelerator: Literal["cpu", "gpu"] = Field(
+        default="cpu",
+        description="`gpu`: the worker's training processes let TensorFlow grow its GPU memory as needed and run "
+        "one job each (TensorFlow keeps GPU memory for the life of a process); its pools default to `gpu`.",
     )
     max_experiment_trials: int = Field(
         default=1000, ge=1, description="Most trials one experiment may ask for (`max_trials`; 422 beyond)."
@@ -265,6 +281,24 @@ class Settings(BaseSettings):
     @classmethod
     def _known_scopes(cls, value: str) -> str:
         parse_api_keys(value)
+        return value
+
+    @property
+    def pools(self) -> list[str]:
+        """The pools this worker takes jobs from, in the order given."""
+        return list(dict.fromkeys(name.strip() for name in self.worker_pools.split(",") if name.strip()))
+
+    @field_validator("worker_pools")
+    @classmethod
+    def _pool_names(cls, value: str) -> str:
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        if not names:
+            raise ValueError("name at least one pool")
+        for name in names:
+            if re.fullmatch(POOL_PATTERN, name) is None:
+                raise ValueError(
+                    f"pool {name[:40]!r} is not a pool name: lower-case letters, digits, '-' and '_', at most 40"
+                )
         return value
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Literal
 from urllib.parse import quote
 
@@ -9,13 +10,15 @@ from fastapi import APIRouter, Query, Request, Response
 
 from service import jobs, script
 from service.api import links
-from service.api.deps import Limit, Offset, SessionDep, SettingsDep
+from service.api.deps import Limit, Offset, QueueDep, SessionDep, SettingsDep
 from service.api.errors import ApiError, item, not_found, responses, validation_error
 from service.api.params import JobId
 from service.api.schemas import JobList, JobRead
 from service.datasets import catalogue
 from service.datasets.builtin import BUILTIN_DATASETS
-from service.db import JobStatus
+from service.db import JobRow, JobStatus
+from service.queue import JobQueue
+from service.settings import DEFAULT_POOL
 from service.spec import TrainRequest
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -29,6 +32,7 @@ EPOCH_ROW_BYTES = 600
 def list_jobs(
     session: SessionDep,
     settings: SettingsDep,
+    queue: QueueDep,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
     limit: Limit = 50,
     offset: Offset = 0,
@@ -57,7 +61,14 @@ def list_jobs(
                 ]
             )
         histories = jobs.job_history(session=session, job_ids=ids)
-    return JobList(data=[JobRead.from_row(row, histories[row.id]) for row in rows], count=count)
+    waiting = _unschedulable(queue, rows)
+    return JobList(data=[JobRead.from_row(row, histories[row.id], waiting) for row in rows], count=count)
+
+
+def _unschedulable(queue: JobQueue, rows: Sequence[JobRow]) -> dict[str, str]:
+    """The pools of these jobs that no worker takes now: asked of the broker only for queued jobs."""
+    pools = {row.pool or DEFAULT_POOL for row in rows if row.status == JobStatus.QUEUED}
+    return queue.unschedulable(pools) if pools else {}
 
 
 @router.get(
@@ -65,12 +76,12 @@ def list_jobs(
     response_model=JobRead,
     responses={**responses(404), 200: {"links": links.of_model("/model_id", "/name")}},
 )
-def get_job(job_id: JobId, session: SessionDep) -> JobRead:
+def get_job(job_id: JobId, session: SessionDep, queue: QueueDep) -> JobRead:
     job = jobs.get_job(session=session, job_id=job_id)
     if job is None:
         raise not_found("job", job_id)
     history = jobs.job_history(session=session, job_ids=[job.id])
-    return JobRead.from_row(job, history[job.id])
+    return JobRead.from_row(job, history[job.id], _unschedulable(queue, [job]))
 
 
 @router.post(
