@@ -130,6 +130,12 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(
         default=1, ge=1, description="Training processes per worker (each keeps TensorFlow loaded)."
     )
+    database_retry_seconds: float = Field(
+        default=120.0,
+        ge=0.0,
+        description="How long a worker keeps trying a write (an epoch, a checkpoint's record, a job's end) while "
+        "the database cannot be reached, with backoff, before its job fails: a database restart costs a pause.",
+    )
     worker_pools: str = Field(
         default=DEFAULT_POOL,
         description="Comma-separated pools whose jobs a worker takes (`trainserve worker --pool`); a job asks for "

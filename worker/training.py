@@ -18,19 +18,21 @@ import tempfile
 import threading
 import time
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import keras
 import numpy as np
 from billiard.exceptions import SoftTimeLimitExceeded
 from sklearn.model_selection import train_test_split
+from sqlalchemy.orm import Session
 
 from service import jobs
 from service.datasets.builtin import DatasetInfo, DatasetUnavailableError, LoadedDataset
 from service.datasets.loading import load_training_data
-from service.db import ModelRow, new_id, session_scope
+from service.db import ModelRow, new_id, retried, session_scope
 from service.keras_build import (
     build_model,
     compile_model,
@@ -58,6 +60,7 @@ from worker import checkpoints
 from worker.trials import TrialPruning, trial_pruning
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -178,8 +181,9 @@ class EpochReporter(keras.callbacks.Callback):  # type: ignore[misc]
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         seconds = time.monotonic() - self.started
         run = self.run
-        with session_scope(run.settings.database_url) as session:
-            recorded = jobs.record_epoch(
+        recorded = run.write(
+            f"epoch {epoch + 1}",
+            lambda session: jobs.record_epoch(
                 session=session,
                 job_id=run.job_id,
                 worker_id=run.worker_id,
@@ -187,7 +191,8 @@ class EpochReporter(keras.callbacks.Callback):  # type: ignore[misc]
                 epoch=epoch + 1,
                 metrics=_finite(logs),
                 seconds=seconds,
-            )
+            ),
+        )
         if not recorded:
             run.request_stop("lost")
 
@@ -250,11 +255,13 @@ class EpochCheckpoint(keras.callbacks.Callback):  # type: ignore[misc]
             checkpoints.restore_model(model, checkpoint, self.callbacks)
         except (StoreError, checkpoints.CheckpointError) as exc:
             log.warning("job %s: cannot resume after epoch %s, it starts over: %s", run.job_id, record["epoch"], exc)
-            with session_scope(run.settings.database_url) as session:
-                if not jobs.start_over(
+            if not run.write(
+                "start over",
+                lambda session: jobs.start_over(
                     session=session, job_id=run.job_id, worker_id=run.worker_id, attempt=run.attempt
-                ):
-                    raise JobStoppedError("lost") from None
+                ),
+            ):
+                raise JobStoppedError("lost") from None
             remove_checkpoint(run.settings.model_store, record["file"])
             run.checkpoint = run.resumed_from = None
             return 0
@@ -279,8 +286,9 @@ class EpochCheckpoint(keras.callbacks.Callback):  # type: ignore[misc]
         run = self.run
         settings = run.settings
         size = checkpoints.expected_bytes(self.model, self.callbacks)
-        with session_scope(settings.database_url) as session:
-            taken = jobs.checkpoint_bytes(session=session, excluding=run.job_id)
+        taken = run.write(
+            "checkpoint quota", lambda session: jobs.checkpoint_bytes(session=session, excluding=run.job_id)
+        )
         if taken + size > settings.checkpoint_quota_bytes:
             if not self._over_quota:
                 log.warning(
@@ -314,10 +322,12 @@ class EpochCheckpoint(keras.callbacks.Callback):  # type: ignore[misc]
             "size_bytes": written,
             "resumed_from_epoch": run.resumed_from,
         }
-        with session_scope(settings.database_url) as session:
-            recorded = jobs.record_checkpoint(
+        recorded = run.write(
+            f"checkpoint of epoch {epoch}",
+            lambda session: jobs.record_checkpoint(
                 session=session, job_id=run.job_id, worker_id=run.worker_id, attempt=run.attempt, checkpoint=record
-            )
+            ),
+        )
         if not recorded:
             remove_checkpoint(store, name)
             run.request_stop("lost")
@@ -505,6 +515,13 @@ class JobRun:
                 self.request_stop("lost")
                 return
 
+    def write(self, what: str, write: Callable[[Session], T]) -> T:
+        """A write (or read) of this run's, tried again while the database is unreachable (``db.retried``)."""
+        settings = self.settings
+        return retried(
+            settings.database_url, write, what=f"job {self.job_id}: {what}", seconds=settings.database_retry_seconds
+        )
+
     def check(self) -> None:
         """Raise JobStoppedError if training must stop (or has stopped) early."""
         if self.stop_reason is None and time.monotonic() > self.deadline:
@@ -615,14 +632,16 @@ def _ended(run: JobRun) -> None:
 
 def _stopped(run: JobRun, reason: str) -> str:
     if reason == "cancelled":
-        with session_scope(run.settings.database_url) as session:
-            cancelled = jobs.finish_cancelled(
+        cancelled = run.write(
+            "cancelled",
+            lambda session: jobs.finish_cancelled(
                 session=session,
                 job_id=run.job_id,
                 worker_id=run.worker_id,
                 attempt=run.attempt,
                 resumed_from_epoch=run.resumed_from,
-            )
+            ),
+        )
         if cancelled:
             _ended(run)
         log.info("job %s cancelled", run.job_id)
@@ -635,8 +654,9 @@ def _stopped(run: JobRun, reason: str) -> str:
 
 
 def _fail(run: JobRun, error_type: str, message: str) -> str:
-    with session_scope(run.settings.database_url) as session:
-        failed = jobs.fail_job(
+    failed = run.write(
+        "failed",
+        lambda session: jobs.fail_job(
             session=session,
             job_id=run.job_id,
             worker_id=run.worker_id,
@@ -644,7 +664,8 @@ def _fail(run: JobRun, error_type: str, message: str) -> str:
             error_type=error_type,
             message=message,
             resumed_from_epoch=run.resumed_from,
-        )
+        ),
+    )
     if failed:
         _ended(run)
     log.info("job %s failed: %s: %s", run.job_id, error_type, message)
@@ -673,15 +694,17 @@ def _train(run: JobRun, request: TrainRequest) -> str:
     model = runnable_model(request.model, display)
     execution = compile_model(model, request.compile, request.fit, rows=len(splits.x_train))
     model.train_step = types.MethodType(train_step, model)
-    with session_scope(settings.database_url) as session:
-        if not jobs.record_execution(
+    if not run.write(
+        "execution",
+        lambda session: jobs.record_execution(
             session=session,
             job_id=job_id,
             worker_id=run.worker_id,
             attempt=run.attempt,
             execution=dataclasses.asdict(execution),
-        ):
-            raise JobStoppedError("lost")
+        ),
+    ):
+        raise JobStoppedError("lost")
     log.info("job %s: %d steps per execution, XLA %s", job_id, execution.steps_per_execution, execution.jit_compile)
     with tempfile.TemporaryDirectory(prefix="trainserve-job-") as scratch:
         callbacks = Callbacks.build(request, run, Path(scratch))
@@ -741,8 +764,9 @@ def _train(run: JobRun, request: TrainRequest) -> str:
             litert=converted,
             text=info.text,
         )
-        with session_scope(settings.database_url) as session:
-            published = jobs.complete_job(
+        published = run.write(
+            "succeeded",
+            lambda session: jobs.complete_job(
                 session=session,
                 job_id=job_id,
                 worker_id=run.worker_id,
@@ -751,7 +775,8 @@ def _train(run: JobRun, request: TrainRequest) -> str:
                 evaluation=evaluation,
                 training=outcome,
                 resumed_from_epoch=run.resumed_from,
-            )
+            ),
+        )
     except BaseException:
         final.unlink(missing_ok=True)
         flatbuffer.unlink(missing_ok=True)
@@ -762,8 +787,12 @@ def _train(run: JobRun, request: TrainRequest) -> str:
         # Cancelled while saving, or no longer this worker's job: keep no model for it.
         final.unlink(missing_ok=True)
         flatbuffer.unlink(missing_ok=True)
-        with session_scope(settings.database_url) as session:
-            ours = jobs.still_holds(session=session, job_id=job_id, worker_id=run.worker_id, attempt=run.attempt)
+        ours = run.write(
+            "still holds",
+            lambda session: jobs.still_holds(
+                session=session, job_id=job_id, worker_id=run.worker_id, attempt=run.attempt
+            ),
+        )
         log.warning("job %s: model discarded, the job was %s meanwhile", job_id, "cancelled" if ours else "taken over")
         return _stopped(run, "cancelled" if ours else "lost")
     _ended(run)

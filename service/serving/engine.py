@@ -23,10 +23,15 @@ import numpy.typing as npt
 
 from service import registry
 from service.datasets.text import TextEncoding
-from service.db import ModelRow, session_factory
+from service.db import UNREACHABLE, ModelRow, session_factory
 from service.registry import ModelRef
 from service.serving.batching import Batcher, BatchStats
-from service.serving.errors import ModelNotFoundError, StoreIntegrityError, TooManyInstancesError
+from service.serving.errors import (
+    ModelNotFoundError,
+    ServiceUnavailableError,
+    StoreIntegrityError,
+    TooManyInstancesError,
+)
 from service.serving.litert import LITERT_OFF, NO_FLATBUFFER
 from service.serving.model_call import ModelCall, RuntimeMode, load_model_call
 from service.settings import Settings
@@ -273,14 +278,20 @@ class Engine:
 
     async def find(self, ref: ModelRef) -> ModelInfo:
         """The record a reference names, from the database."""
-        info = await asyncio.to_thread(self._find_sync, ref)
+        try:
+            info = await asyncio.to_thread(self._find_sync, ref)
+        except UNREACHABLE as exc:
+            raise ServiceUnavailableError("the database is unreachable; try again shortly") from exc
         if info is None:
             raise ModelNotFoundError(not_found_message(ref))
         return info
 
     async def versions(self, name: str) -> list[ModelInfo]:
         """Every version of a name, newest first (empty if there is no such name)."""
-        return await asyncio.to_thread(self._versions_sync, name)
+        try:
+            return await asyncio.to_thread(self._versions_sync, name)
+        except UNREACHABLE as exc:
+            raise ServiceUnavailableError("the database is unreachable; try again shortly") from exc
 
     def _find_sync(self, ref: ModelRef) -> ModelInfo | None:
         with session_factory(self.settings.database_url)() as session:
