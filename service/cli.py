@@ -118,6 +118,30 @@ def worker(
     )
 
 
+@app.command("worker-ready")
+def worker_ready() -> None:
+    """Exit 0 if a worker on this host is announcing the pools it takes jobs from (a container health check),
+    1 if not."""
+    import socket
+
+    from service.queue import JobQueue
+
+    settings = get_settings()
+    queue = JobQueue(settings)
+    try:
+        workers = queue.announced(settings.pools)
+    except Exception as exc:
+        print(f"the broker cannot tell: {exc}")
+        raise typer.Exit(1) from None
+    finally:
+        queue.close()
+    here = [name for name in workers if name.endswith(f"@{socket.gethostname()}")]
+    if not here:
+        print(f"no worker on {socket.gethostname()} announces the pools {', '.join(settings.pools)}")
+        raise typer.Exit(1)
+    print(f"ready: {', '.join(sorted(here))}")
+
+
 db = typer.Typer(help="The database's schema: its migrations (the API and workers apply pending ones at start).")
 app.add_typer(db, name="db")
 

@@ -163,6 +163,14 @@ class JobQueue:
             if count == 0
         }
 
+    def announced(self, pools: Iterable[str]) -> set[str]:
+        """The workers whose announcement for one of these pools holds now."""
+        pipe = self.redis.pipeline()
+        for pool in sorted(set(pools)):
+            pipe.hgetall(presence_key(self.settings, pool))
+        now = time.time()
+        return {name.decode() for workers in pipe.execute() for name, until in workers.items() if float(until) > now}
+
     def pool_workers(self, pools: Iterable[str]) -> dict[str, int]:
         """How many workers take each pool's jobs now (announced within PRESENCE_SECONDS). Announcements that
         ran out are removed on the way: a hash holds about the pool's live workers, whatever came and went."""

@@ -73,15 +73,22 @@ class Settings(BaseSettings):
         description="Broker URL (redis://host:port/db). Required by `api` and `worker`; "
         "`serve` starts a private Redis when it is empty.",
     )
-    model_store: Path = Field(
-        default=Path("models"),
-        description="Directory of trained `.keras` files, shared by the API and every worker; a relative path is "
-        "inside `home`.",
+    model_store: str = Field(
+        default="models",
+        description="Where trained models (and running jobs' checkpoints) are kept, shared by the API and every "
+        "worker: a directory (a relative path is inside `home`) or an object store's URL (`s3://bucket/prefix`, or "
+        "any other URL fsspec reaches).",
     )
-    dataset_store: Path = Field(
-        default=Path("datasets"),
-        description="Directory of uploaded datasets (normalised `.npz` files), shared by the API and every worker; "
-        "a relative path is inside `home`.",
+    dataset_store: str = Field(
+        default="datasets",
+        description="Where uploaded datasets (normalised `.npz` files) are kept, shared by the API and every worker: "
+        "a directory (a relative path is inside `home`) or an object store's URL.",
+    )
+    store_cache_bytes: int = Field(
+        default=10 * GIB,
+        ge=0,
+        description="Local copies of files read from an object store, kept by sha256 in `home`/cache, least "
+        "recently used out first beyond this.",
     )
     max_upload_bytes: int = Field(
         default=GIB, ge=1, description="Largest dataset file POST /datasets accepts (413 beyond)."
@@ -316,14 +323,36 @@ class Settings(BaseSettings):
         self.home = self.home.expanduser().resolve()
         if not self.database_url:
             self.database_url = f"sqlite:///{self.home / 'trainserve.db'}"
-        self.model_store = self.home / self.model_store.expanduser()  # an absolute path stays as it is
-        self.dataset_store = self.home / self.dataset_store.expanduser()
+        self.model_store = _located(self.home, self.model_store)
+        self.dataset_store = _located(self.home, self.dataset_store)
         return self
+
+    @field_validator("model_store", "dataset_store", mode="before")
+    @classmethod
+    def _path_or_url(cls, value: object) -> object:
+        return str(value) if isinstance(value, Path) else value
+
+    @property
+    def upload_staging(self) -> Path:
+        """Where an upload is received, on local disk, before it is read into a dataset."""
+        return self.home / "uploads"
+
+    @property
+    def store_cache(self) -> Path:
+        """Where files read from an object store are kept locally."""
+        return self.home / "cache"
 
     @property
     def visibility_timeout(self) -> int:
         """Redis redelivers an unacknowledged message after this many seconds: keep it past any job's end."""
         return int(self.job_time_limit) + 600
+
+
+def _located(home: Path, location: str) -> str:
+    """A store setting as used: a URL as it is, a relative directory inside ``home`` (an absolute one as it is)."""
+    if re.match(r"^[a-z][a-z0-9+.-]*://", location):
+        return location
+    return str(home / Path(location).expanduser())
 
 
 @lru_cache(maxsize=1)

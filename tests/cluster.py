@@ -9,6 +9,7 @@ Needs root and iproute2 (``ip``) and util-linux (``unshare``); ``skip_reason`` s
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import signal
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -232,8 +234,7 @@ class ServiceCluster:
     def init_postgres(self) -> None:
         """A new database cluster, made with the pgserver wheel's PostgreSQL (which runs as its own user), that
         takes connections from the other hosts."""
-        import pgserver
-
+        pgserver: Any = importlib.import_module("pgserver")
         server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
         server.psql("CREATE DATABASE trainserve;")
         server.cleanup()
@@ -241,9 +242,7 @@ class ServiceCluster:
             hba.write(f"host all all {self.net.subnet}.0/24 trust\n")
 
     def start_postgres(self) -> None:
-        import pgserver
-
-        binary = Path(pgserver.__file__).parent / "pginstall" / "bin" / "postgres"
+        binary = Path(importlib.import_module("pgserver").__file__ or "").parent / "pginstall" / "bin" / "postgres"
         sockets = self.infra.home / "pgsockets"
         sockets.mkdir(exist_ok=True)
         shutil.chown(sockets, "pgserver", "pgserver")
@@ -258,7 +257,8 @@ class ServiceCluster:
     def stop_postgres(self) -> None:
         """A fast shutdown (SIGINT): clients are disconnected, as by a restart of the database's host."""
         if self.postgres is not None:
-            self.postgres.send_signal(signal.SIGINT)
+            with suppress(ProcessLookupError):
+                os.killpg(self.postgres.pid, signal.SIGINT)
             self.postgres.wait(30)
             self.infra.stop(self.postgres)
             self.postgres = None

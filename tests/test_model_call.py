@@ -201,6 +201,7 @@ def test_a_model_that_does_not_convert_serves_on_tensorflow(compiler: ThreadPool
     import keras
     import tensorflow as tf
 
+    from service.store import LocalStore
     from worker.training import write_flatbuffer
 
     def numpy_sin(x: Any) -> Any:
@@ -211,11 +212,11 @@ def test_a_model_that_does_not_convert_serves_on_tensorflow(compiler: ThreadPool
     model = keras.Sequential([keras.Input((8, 8)), keras.layers.Lambda(numpy_sin), keras.layers.Flatten()])
     with pytest.raises(litert.ConversionError):
         litert.convert(model)
-    path = tmp_path / "model.tflite"
-    record = write_flatbuffer(model, path)
+    store = LocalStore(tmp_path)
+    record = write_flatbuffer(model, store, "0" * 32)
     assert set(record) == {"error"}
     assert record["error"]
-    assert not path.exists()
+    assert store.names("") == []
     call = ModelCall(model, (8, 8), None, max_batch_size=2, compiler=compiler, litert=None)
     x = batches(2)[0]
     assert np.allclose(call(x), np.sin(x).reshape(2, -1), atol=1e-6)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from pydantic import ValidationError
 from service.queue import JobQueue, queue_name
 from service.settings import Settings
 from service.spec import TrainRequest
-from tests.conftest import chapter_request, running_worker, wait_for_job
+from tests.conftest import chapter_request, running_worker, settings_env, wait_for_job
 from tests.test_metrics import samples, value
 from worker.reconciler import reconcile
 
@@ -91,6 +93,9 @@ def test_a_job_waits_for_its_pool_says_why_and_trains_there(
         found = samples(client)
         assert value(found, "trainserve_pool_workers", pool=pool) == 1
         assert value(found, "trainserve_jobs_unschedulable", pool=pool) == 0
+        ready = _worker_ready(settings, pool)
+        assert ready.returncode == 0, ready.stdout
+        assert ready.stdout.startswith("ready: trainserve-")
 
         # A default-pool job is not this worker's to take.
         other = wait_for_job(client, client.post("/train", json=chapter_request(epochs=1)).json()["job_id"])
@@ -99,10 +104,18 @@ def test_a_job_waits_for_its_pool_says_why_and_trains_there(
         assert int(other["worker"].rpartition(":")[2]) not in {
             child.pid for child in psutil.Process(night.process.pid).children(recursive=True)
         }
-    # Stopped, the worker withdraws at once: a job of its pool is unschedulable again.
+    # Stopped, the worker withdraws at once: a job of its pool is unschedulable again, and its health check fails.
+    assert _worker_ready(settings, pool).returncode == 1
     waiting = client.post("/train", json=_with_resources({"pool": pool})).json()["job_id"]
     assert client.get(f"/jobs/{waiting}").json()["unschedulable"] is not None
     assert client.post(f"/jobs/{waiting}/cancel").status_code == 200
+
+
+def _worker_ready(settings: Settings, pool: str) -> subprocess.CompletedProcess[str]:
+    """`trainserve worker-ready`, the container health check, for a worker of this pool on this host."""
+    env = settings_env(settings) | {"TRAINSERVE_WORKER_POOLS": pool}
+    command = [sys.executable, "-m", "service.cli", "worker-ready"]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
 
 
 @pytest.mark.slow

@@ -322,7 +322,7 @@ def test_tensorflow_is_loaded_in_pool_children_only(worker: WorkerProcess, clien
 
 def test_no_model_file_without_a_record(client: TestClient, settings: Settings) -> None:
     records = {m["model_id"] for m in client.get("/models", params={"limit": 500}).json()["data"]}
-    files = {p.name for p in settings.model_store.iterdir()}
+    files = {p.name for p in Path(settings.model_store).iterdir()}
     assert {p.partition(".")[0] for p in files} == records, "every file has its record"
     assert {p.partition(".")[2] for p in files} == {"keras", "tflite"}, "no temporary file is left behind"
 

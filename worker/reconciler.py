@@ -30,7 +30,7 @@ from service import experiments, jobs
 from service.db import FINISHED_STATUSES, JobRow, JobStatus, session_scope, utcnow
 from service.queue import ANNOUNCE_SECONDS, JobQueue
 from service.settings import Settings, get_settings
-from service.store import checkpoint_files, remove_checkpoint
+from service.store import checkpoint_files, model_store, remove_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def reconcile(settings: Settings, queue: JobQueue) -> Report:
 def sweep_checkpoints(settings: Settings) -> list[str]:
     """Remove the checkpoint files no attempt will resume from; returns their names. A round costs what the
     checkpoints directory holds (a file per running job, about), never what the history does."""
-    store = settings.model_store
+    store = model_store(settings)
     # Listed before the jobs are read: a file listed was written before its job's row is read, so a row that does
     # not name it was not about to (but for the attempt that runs the job now, which is left alone).
     owners = checkpoint_files(store)

@@ -46,14 +46,13 @@ from service.serving import litert
 from service.settings import Settings
 from service.spec import CheckpointCallback, EarlyStoppingCallback, TrainRequest
 from service.store import (
+    Store,
     StoreError,
     checkpoint_name,
-    litert_path,
-    model_path,
-    publish,
+    litert_key,
+    model_key,
+    model_store,
     remove_checkpoint,
-    temporary_path,
-    write,
     write_checkpoint,
 )
 from worker import checkpoints
@@ -251,7 +250,7 @@ class EpochCheckpoint(keras.callbacks.Callback):  # type: ignore[misc]
         if record is None:
             return 0
         try:
-            checkpoint = checkpoints.read(run.settings.model_store, record)
+            checkpoint = checkpoints.read(model_store(run.settings), record)
             checkpoints.restore_model(model, checkpoint, self.callbacks)
         except (StoreError, checkpoints.CheckpointError) as exc:
             log.warning("job %s: cannot resume after epoch %s, it starts over: %s", run.job_id, record["epoch"], exc)
@@ -262,7 +261,7 @@ class EpochCheckpoint(keras.callbacks.Callback):  # type: ignore[misc]
                 ),
             ):
                 raise JobStoppedError("lost") from None
-            remove_checkpoint(run.settings.model_store, record["file"])
+            remove_checkpoint(model_store(run.settings), record["file"])
             run.checkpoint = run.resumed_from = None
             return 0
         self.resumed = checkpoint
@@ -306,7 +305,7 @@ class EpochCheckpoint(keras.callbacks.Callback):  # type: ignore[misc]
         arrays = checkpoints.capture(
             self.model, self.callbacks, epoch=epoch, history=self.history, stopped=stopped
         ).arrays()
-        store = settings.model_store
+        store = model_store(settings)
         name = checkpoint_name(run.job_id, run.attempt, epoch)
         try:
             sha256, written = write_checkpoint(store, name, lambda f: checkpoints.write(arrays, f))
@@ -613,20 +612,20 @@ def _run_job(job_id: str, settings: Settings) -> str:
         keras.backend.clear_session()
 
 
-def write_flatbuffer(model: Any, path: Path) -> dict[str, Any]:
-    """The model's LiteRT flatbuffer, written beside its .keras file: its record, or why there is none."""
+def write_flatbuffer(model: Any, store: Store, model_id: str) -> dict[str, Any]:
+    """The model's LiteRT flatbuffer, stored beside its .keras file: its record, or why there is none."""
     try:
         content = litert.convert(model)
     except litert.ConversionError as exc:
-        log.warning("model %s has no LiteRT flatbuffer: %s", path.stem, exc)
+        log.warning("model %s has no LiteRT flatbuffer: %s", model_id, exc)
         return {"error": str(exc)}
-    return {"sha256": write(path.parent, path, content), "size_bytes": len(content)}
+    return {"sha256": store.put_bytes(litert_key(model_id), content), "size_bytes": len(content)}
 
 
 def _ended(run: JobRun) -> None:
     """This attempt has ended the job: its checkpoint file goes (the record no longer names it)."""
     if run.checkpoint is not None:
-        remove_checkpoint(run.settings.model_store, run.checkpoint["file"])
+        remove_checkpoint(model_store(run.settings), run.checkpoint["file"])
         run.checkpoint = None
 
 
@@ -738,14 +737,14 @@ def _train(run: JobRun, request: TrainRequest) -> str:
     metrics = _finite(history[published - 1]) if published else {}
 
     model_id = new_id()
-    store = settings.model_store
-    temp = temporary_path(store)
-    final = model_path(store, model_id)
-    flatbuffer = litert_path(store, model_id)
+    store = model_store(settings)
+    final, flatbuffer = model_key(model_id), litert_key(model_id)
     try:
-        model.save(temp)
-        sha256 = publish(temp, final)
-        converted = write_flatbuffer(model, flatbuffer) if settings.predict_litert != "never" else None
+        with tempfile.TemporaryDirectory(prefix="trainserve-model-") as scratch:
+            saved = Path(scratch) / final
+            model.save(saved)
+            sha256, size = store.put_file(final, saved), saved.stat().st_size
+        converted = write_flatbuffer(model, store, model_id) if settings.predict_litert != "never" else None
         row = ModelRow(
             id=model_id,
             name=request.name or request.model.name or f"model-{model_id[:8]}",
@@ -758,9 +757,9 @@ def _train(run: JobRun, request: TrainRequest) -> str:
             evaluation=evaluation,
             summary=summary,
             keras_names={"model": model.name, "layers": [layer.name for layer in model.layers]},
-            path=final.name,
+            path=final,
             sha256=sha256,
-            size_bytes=final.stat().st_size,
+            size_bytes=size,
             litert=converted,
             text=info.text,
         )
@@ -778,15 +777,13 @@ def _train(run: JobRun, request: TrainRequest) -> str:
             ),
         )
     except BaseException:
-        final.unlink(missing_ok=True)
-        flatbuffer.unlink(missing_ok=True)
+        store.delete(final)
+        store.delete(flatbuffer)
         raise
-    finally:
-        temp.unlink(missing_ok=True)
     if not published:
         # Cancelled while saving, or no longer this worker's job: keep no model for it.
-        final.unlink(missing_ok=True)
-        flatbuffer.unlink(missing_ok=True)
+        store.delete(final)
+        store.delete(flatbuffer)
         ours = run.write(
             "still holds",
             lambda session: jobs.still_holds(

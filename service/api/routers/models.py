@@ -30,7 +30,7 @@ from service.inspection import Activations, InspectionError, Inspector, LayerWei
 from service.serving.codecs.arrays import batch_from_json, batch_from_texts
 from service.serving.engine import ModelInfo
 from service.serving.errors import InvalidInputError
-from service.store import StoreError, verified_path
+from service.store import StoreError, model_key, model_store
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -93,7 +93,7 @@ def download(model_id: ModelId, session: SessionDep, settings: SettingsDep) -> F
     """The trained model as a `.keras` file, for `keras.models.load_model`."""
     row = _model(session, model_id)
     try:
-        path = verified_path(settings.model_store, row.id, row.sha256)
+        path = model_store(settings).local(model_key(row.id), row.sha256, f"file of model {row.id}")
     except StoreError as exc:
         raise ApiError(500, "store_error", str(exc)) from exc
     return FileResponse(path, media_type="application/octet-stream", filename=f"{row.id}.keras")
@@ -102,7 +102,7 @@ def download(model_id: ModelId, session: SessionDep, settings: SettingsDep) -> F
 def _inspector(request: Request) -> Inspector:
     inspector: Inspector | None = getattr(request.app.state, "inspector", None)
     if inspector is None:
-        inspector = request.app.state.inspector = Inspector(request.app.state.settings.model_store)
+        inspector = request.app.state.inspector = Inspector(model_store(request.app.state.settings))
     return inspector
 
 
