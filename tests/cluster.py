@@ -41,7 +41,7 @@ def skip_reason() -> str | None:
         return "network namespaces are Linux's"
     if os.geteuid() != 0:
         return "making network namespaces needs root"
-    for tool in ("ip", "unshare", "runuser"):
+    for tool in ("ip", "unshare", "setpriv"):
         if shutil.which(tool) is None:
             return f"`{tool}` is not installed"
     return None
@@ -65,7 +65,8 @@ class Host:
     ) -> subprocess.Popen[bytes]:
         """Run ``command`` on this host (its network, its host name), in a process group of its own."""
         prefix = ["ip", "netns", "exec", self.namespace, "unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"']
-        as_user = ["runuser", "-u", user, "--"] if user else []
+        # setpriv execs the command (runuser would stay its parent, and kill it on a signal meant for it).
+        as_user = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--"] if user else []
         with log.open("ab") as out:
             process = subprocess.Popen(
                 [*prefix, self.name, *as_user, *command],
@@ -257,8 +258,7 @@ class ServiceCluster:
     def stop_postgres(self) -> None:
         """A fast shutdown (SIGINT): clients are disconnected, as by a restart of the database's host."""
         if self.postgres is not None:
-            with suppress(ProcessLookupError):
-                os.killpg(self.postgres.pid, signal.SIGINT)
+            self.postgres.send_signal(signal.SIGINT)  # the postmaster itself: every command before it exec'ed it
             self.postgres.wait(30)
             self.infra.stop(self.postgres)
             self.postgres = None
