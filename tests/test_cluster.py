@@ -77,6 +77,11 @@ def assert_one_continuous_run(api: httpx.Client, job: dict[str, Any], published:
     assert models == {job["model_id"]}
 
 
+def object_keys(cluster: ServiceCluster, prefix: str) -> set[str]:
+    listing = s3_client(cluster).list_objects_v2(Bucket=BUCKET, Prefix=prefix)  # type: ignore[attr-defined]
+    return {obj["Key"] for obj in listing.get("Contents", [])}
+
+
 def long_job(epochs: int = 14) -> dict[str, Any]:
     """A seeded digits job of some tens of seconds here: small batches, many epochs."""
     body = chapter_request(epochs=epochs)
@@ -126,8 +131,33 @@ def test_the_six_optimizers_spread_over_both_workers_and_both_replicas_agree(
     assert answers[0].json()["model_id"] == answers[1].json()["model_id"] == done["published_model_id"]
     tf_serving = api2.post(f"/v1/models/{name}:predict", json={"instances": x})
     assert np.allclose(np.array(tf_serving.json()["predictions"]), first, atol=1e-6)
-    keys = {obj["Key"] for obj in s3_client(cluster).list_objects_v2(Bucket=BUCKET)["Contents"]}  # type: ignore[attr-defined]
-    assert f"models/{done['published_model_id']}.keras" in keys
+    assert f"models/{done['published_model_id']}.keras" in object_keys(cluster, "models/")
+
+
+def test_an_upload_through_one_replica_trains_on_a_worker_and_reads_back_through_the_other(
+    cluster: ServiceCluster, api1: httpx.Client, api2: httpx.Client
+) -> None:
+    from tests.datafiles import blobs, npz_bytes
+
+    x, y = blobs(300, features=6, classes=3, seed=3)
+    content = npz_bytes(x_train=x[:240], y_train=y[:240], x_test=x[240:], y_test=y[240:])
+    uploaded = api1.post("/datasets", files={"file": ("blobs.npz", content)})
+    assert uploaded.status_code == 201, uploaded.text
+    dataset = uploaded.json()
+    assert f"datasets/{dataset['dataset_id']}.npz" in object_keys(cluster, "datasets/")
+    samples = api2.get(f"/datasets/{dataset['dataset_id']}/samples", params={"n": 2}).json()["samples"]
+    assert np.allclose([sample["x"] for sample in samples], x[:2], atol=1e-6)
+    download = api2.get(f"/datasets/{dataset['dataset_id']}/download")
+    assert download.status_code == 200
+    body = {
+        "model": {"input_shape": [6], "layers": [{"type": "dense", "units": 3, "activation": "softmax"}]},
+        "compile": {"optimizer": "adam", "loss": "sparse_categorical_crossentropy", "metrics": ["accuracy"]},
+        "dataset": {"id": dataset["dataset_id"]},
+        "fit": {"epochs": 3},
+    }
+    job = wait_for(api2, api1.post("/train", json=body).json()["job_id"])
+    assert_one_continuous_run(api2, job)
+    assert job["evaluation"] is not None
 
 
 def test_an_idempotent_submit_retried_against_the_other_replica_returns_the_first_job(
@@ -194,6 +224,12 @@ def test_a_worker_cut_off_mid_epoch_is_fenced_and_the_other_resumes_the_job(
     assert (after["status"], after["attempts"], after["model_id"]) == ("succeeded", 2, job["model_id"])
     assert after["history"] == job["history"], "nothing written into the new attempt's history"
     assert len(models_of(api1, job_id)) == 1
+    # The checkpoints of both attempts go: the winner's when the job ends, the cut-off one's by a reconciler.
+    wait_until(
+        lambda: not [key for key in object_keys(cluster, "checkpoints/") if job_id in key],
+        f"checkpoints of job {job_id} stayed in the object store: {object_keys(cluster, 'checkpoints/')}",
+        timeout=60,
+    )
     print(f"taken over {taken_over_after:.1f} s after the cut (lease {cluster.lease_seconds:g} s)")
 
 
