@@ -6,7 +6,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY worker ./worker
-RUN pip install --no-cache-dir --prefix=/install '.[postgres]'
+RUN pip install --no-cache-dir --prefix=/install '.[postgres,s3]'
 
 FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 \

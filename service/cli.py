@@ -70,25 +70,76 @@ def api(host: Host = "127.0.0.1", port: Port = 8000) -> None:
 @app.command()
 def worker(
     concurrency: Annotated[int | None, typer.Option(help="Training processes (default from settings).")] = None,
+    pool: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--pool",
+            help="A pool whose jobs this worker takes (repeat for several); default TRAINSERVE_WORKER_POOLS, "
+            "or `gpu` with --accelerator gpu.",
+        ),
+    ] = None,
+    accelerator: Annotated[
+        str | None,
+        typer.Option(help="`gpu`: GPU memory grows as needed and each training process runs one job."),
+    ] = None,
 ) -> None:
     """Run a Celery worker that trains jobs from TRAINSERVE_REDIS_URL; start as many as wanted, anywhere."""
-    from worker.celery_app import app as celery
-
-    settings = get_settings()
+    # The options become the settings every process of the worker reads (its pool children too).
+    if accelerator is not None:
+        os.environ["TRAINSERVE_WORKER_ACCELERATOR"] = accelerator
+        if not pool and accelerator == "gpu" and "TRAINSERVE_WORKER_POOLS" not in os.environ:
+            pool = ["gpu"]
+    if pool:
+        os.environ["TRAINSERVE_WORKER_POOLS"] = ",".join(pool)
+    get_settings.cache_clear()
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        raise typer.BadParameter(str(exc)) from None
     if not settings.redis_url:
         raise typer.BadParameter("set TRAINSERVE_REDIS_URL (or use `trainserve serve`)")
+    from service.queue import advance_queue, queue_name
+    from worker.celery_app import app as celery
+
+    queues = [queue_name(settings, name) for name in settings.pools] + [advance_queue(settings)]
+    one_job_each = ["--max-tasks-per-child=1"] if settings.worker_accelerator == "gpu" else []
     celery.worker_main(
         [
             "worker",
             f"--loglevel={settings.log_level.upper()}",
-            f"--queues={settings.queue}",
+            f"--queues={','.join(queues)}",
             f"--concurrency={concurrency or settings.worker_concurrency}",
             "--pool=prefork",
             f"--hostname=trainserve-{os.getpid()}@%h",
             "--without-gossip",
             "--without-mingle",
+            *one_job_each,
         ]
     )
+
+
+@app.command("worker-ready")
+def worker_ready() -> None:
+    """Exit 0 if a worker on this host is announcing the pools it takes jobs from (a container health check),
+    1 if not."""
+    import socket
+
+    from service.queue import JobQueue
+
+    settings = get_settings()
+    queue = JobQueue(settings)
+    try:
+        workers = queue.announced(settings.pools)
+    except Exception as exc:
+        print(f"the broker cannot tell: {exc}")
+        raise typer.Exit(1) from None
+    finally:
+        queue.close()
+    here = [name for name in workers if name.endswith(f"@{socket.gethostname()}")]
+    if not here:
+        print(f"no worker on {socket.gethostname()} announces the pools {', '.join(settings.pools)}")
+        raise typer.Exit(1)
+    print(f"ready: {', '.join(sorted(here))}")
 
 
 db = typer.Typer(help="The database's schema: its migrations (the API and workers apply pending ones at start).")
@@ -289,11 +340,32 @@ def tensorboard_command(
     if not tensorboard.installed():
         Console(stderr=True).print(f"[red]{escape(tensorboard.INSTALL_HINT)}[/red]", soft_wrap=True)
         raise typer.Exit(EXIT_REFUSED)
-    logdir = tensorboard.logs_root(get_settings().model_store)
+    import subprocess
+    import threading
+
+    from service.store import model_store
+
+    settings = get_settings()
+    store = model_store(settings)
+    logdir = store.local_directory(tensorboard.TENSORBOARD)
+    if logdir is not None:
+        logdir.mkdir(parents=True, exist_ok=True)
+        command = tensorboard.command_line(logdir, host, port)
+        print(f"TensorBoard over {logdir}: http://{host}:{port}/", flush=True)
+        os.execv(command[0], command)
+    # An object store: TensorBoard reads a local copy of the logs, brought up to date every few seconds.
+    logdir = settings.home / "tensorboard"
+    stop = threading.Event()
+    copier = threading.Thread(target=tensorboard.follow, args=(store, logdir, 10.0, stop), daemon=True)
     logdir.mkdir(parents=True, exist_ok=True)
+    tensorboard.copy_logs(store, logdir)
+    copier.start()
     command = tensorboard.command_line(logdir, host, port)
-    print(f"TensorBoard over {logdir}: http://{host}:{port}/", flush=True)
-    os.execv(command[0], command)
+    print(f"TensorBoard over {store.location}, copied into {logdir} every 10 s: http://{host}:{port}/", flush=True)
+    try:
+        raise typer.Exit(subprocess.call(command))
+    finally:
+        stop.set()
 
 
 def main() -> None:

@@ -12,12 +12,13 @@ import fcntl
 import logging
 import os
 import re
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -38,6 +39,7 @@ from sqlalchemy import (
     make_url,
     text,
 )
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 log = logging.getLogger(__name__)
@@ -134,6 +136,8 @@ class JobRow(Base):
     # Its MLflow run, when TRAINSERVE_MLFLOW_TRACKING_URI is set: {"run_id", "experiment_id"}, and {"error"} with
     # the last thing MLflow refused (training went on without it).
     mlflow: Mapped[dict[str, Any] | None]
+    # The pool of workers it trains in (``resources`` of its request); None is the default pool.
+    pool: Mapped[str | None] = mapped_column(String(40))
 
 
 class ExperimentStatus(enum.StrEnum):
@@ -364,7 +368,20 @@ def _make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    connect_args: dict[str, Any] = {}
+    if make_url(url).get_backend_name() == "postgresql":
+        # A server that vanished (a host cut off, a restart) is noticed in seconds, not after the kernel's quarter
+        # of an hour of retransmissions: connecting waits 5 s, an idle connection is probed after 5 s, and unsent
+        # data waits 10 s at most. The writes that must get through retry (``retried``).
+        connect_args = {
+            "connect_timeout": 5,
+            "keepalives": 1,
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
+            "keepalives_count": 3,
+            "tcp_user_timeout": 10_000,
+        }
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
 def session_factory(url: str) -> sessionmaker[Session]:
@@ -388,3 +405,32 @@ def session_scope(url: str) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+T = TypeVar("T")
+
+# What a write that fails because the database went away meanwhile raises (a restart, a cut link): worth another
+# try once it is back. Anything else (a constraint, a bug) is not.
+UNREACHABLE = (OperationalError, InterfaceError)
+
+
+def retried(url: str, write: Callable[[Session], T], *, what: str, seconds: float) -> T:
+    """``write`` in a session of its own, committed; tried again with backoff (0.2 s doubling to 5 s) while the
+    database cannot be reached, for up to ``seconds``, then the last error is raised. ``write`` must be
+    idempotent: a commit whose answer was lost is tried again (the job functions see their own earlier write)."""
+    deadline = time.monotonic() + seconds
+    delay = 0.2
+    while True:
+        try:
+            with session_scope(url) as session:
+                return write(session)
+        except UNREACHABLE as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s: the database is unreachable (%s); trying again in %.1f s", what, _first_line(exc), delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

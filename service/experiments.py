@@ -586,13 +586,13 @@ def _ask(settings: Settings, queue: JobQueue, experiment_id: str, request: Exper
         job.experiment_id, job.trial_number, job.trial_params = experiment_id, number, values
         row.trials_asked += 1
         session.flush()
-        job_id = job.id
+        job_id, pool = job.id, job.pool
     if refusal is not None:
         log.warning("experiment %s: trial %d refused: %s", experiment_id, number, refusal)
         the_study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
         return False
     try:
-        queue.send(job_id)
+        queue.send(job_id, pool)
     except Exception:
         log.exception("experiment %s: trial %d not queued now; the reconciler sends it again", experiment_id, number)
         return True
@@ -603,24 +603,24 @@ def _ask(settings: Settings, queue: JobQueue, experiment_id: str, request: Exper
 
 def publish_best(session: Session, model_id: str, name: str, settings: Settings) -> str | None:
     """The best trial's model, published as the next version of the experiment's name: another record of the same
-    files (hard-linked in the store under its own id, so each record's files are its own)."""
+    files (stored again under its own id, hard-linked in a local store, so each record's files are its own)."""
     from service.exports import link_exports
-    from service.store import model_path
+    from service.store import litert_key, model_key, model_store
 
     source = registry.get_model(session=session, model_id=model_id)
     if source is None:
         return None
     copy_id = new_id()
-    store = settings.model_store
+    store = model_store(settings)
     try:
-        os.link(model_path(store, model_id), model_path(store, copy_id))
+        store.copy(model_key(model_id), model_key(copy_id))
     except FileNotFoundError:
         log.warning("model %s is missing from the store: not published under %r", model_id, name)
         return None
     litert = source.litert
     if litert is not None and "sha256" in litert:
         try:
-            os.link(model_path(store, model_id, ".tflite"), model_path(store, copy_id, ".tflite"))
+            store.copy(litert_key(model_id), litert_key(copy_id))
         except FileNotFoundError:
             litert = {"error": "the trial's flatbuffer is missing from the store"}
     linked = link_exports(store, model_id, copy_id, source.exports)
@@ -636,7 +636,7 @@ def publish_best(session: Session, model_id: str, name: str, settings: Settings)
         evaluation=source.evaluation,
         summary=source.summary,
         keras_names=source.keras_names,
-        path=model_path(store, copy_id).name,
+        path=model_key(copy_id),
         sha256=source.sha256,
         size_bytes=source.size_bytes,
         litert=litert,

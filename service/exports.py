@@ -27,7 +27,6 @@ import contextlib
 import hashlib
 import io
 import logging
-import os
 import re
 import tarfile
 import tempfile
@@ -38,17 +37,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO, Literal
 
 from service.serving.codecs.tfserving import INPUT_NAME, OUTPUT_NAME, SIGNATURE
-from service.store import (
-    EXPORT_SUFFIXES,
-    StoreError,
-    export_path,
-    litert_path,
-    publish,
-    sha256_file,
-    temporary_path,
-    write,
-    write_with,
-)
+from service.store import EXPORT_SUFFIXES, Store, StoreError, export_key, litert_key
 
 log = logging.getLogger(__name__)
 
@@ -99,17 +88,17 @@ def _pack(directory: Path, out: BinaryIO) -> None:
 @dataclass
 class Exports:
     """What :func:`write_exports` made: the records for ``ModelRow.exports`` and ``ModelRow.litert``, and the
-    files it wrote (to remove if the model is not published after all)."""
+    keys of the files it stored (to remove if the model is not published after all)."""
 
     exports: dict[str, Any]
     litert: dict[str, Any]
-    files: list[Path]
+    files: list[str]
 
 
 def write_exports(
     model: Any,
     *,
-    store: Path,
+    store: Store,
     model_id: str,
     input_shape: tuple[int, ...],
     rescale: float | None,
@@ -119,7 +108,7 @@ def write_exports(
     from that SavedModel; none when ``litert_off`` says why) and its weights. A format that fails is recorded with
     its error and the others are still made; nothing here fails the job."""
     exports: dict[str, Any] = {}
-    files: list[Path] = []
+    files: list[str] = []
     flatbuffer: dict[str, Any]
     with tempfile.TemporaryDirectory(prefix="trainserve-export-") as scratch:
         saved = Path(scratch) / "savedmodel"
@@ -130,16 +119,18 @@ def write_exports(
             exports["savedmodel"] = {"error": _error(exc)}
             flatbuffer = {"error": f"the model did not export as a SavedModel: {_error(exc)}"}
         else:
-            final = export_path(store, model_id, "savedmodel")
-            files.append(final)
-            sha256 = write_with(store, final, lambda f: _pack(saved, f))
-            exports["savedmodel"] = {"sha256": sha256, "size_bytes": final.stat().st_size}
-            flatbuffer = _flatbuffer(model, saved, litert_path(store, model_id), litert_off, files)
-    exports["weights"] = _weights(model, store, model_id, files)
+            key = export_key(model_id, "savedmodel")
+            files.append(key)
+            sha256, size = store.put_with(key, lambda f: _pack(saved, f))
+            exports["savedmodel"] = {"sha256": sha256, "size_bytes": size}
+            flatbuffer = _flatbuffer(model, saved, store, model_id, litert_off, files)
+        exports["weights"] = _weights(model, store, model_id, Path(scratch), files)
     return Exports(exports, flatbuffer, files)
 
 
-def _flatbuffer(model: Any, saved: Path, path: Path, litert_off: str | None, files: list[Path]) -> dict[str, Any]:
+def _flatbuffer(
+    model: Any, saved: Path, store: Store, model_id: str, litert_off: str | None, files: list[str]
+) -> dict[str, Any]:
     from service.serving import litert
 
     if litert_off is not None:
@@ -148,34 +139,34 @@ def _flatbuffer(model: Any, saved: Path, path: Path, litert_off: str | None, fil
         litert.check_convertible(model)
         content = litert.convert_saved_model(saved, SIGNATURE)
     except litert.ConversionError as exc:
-        log.warning("model %s has no LiteRT flatbuffer: %s", path.stem, exc)
+        log.warning("model %s has no LiteRT flatbuffer: %s", model_id, exc)
         return {"error": str(exc)}
-    files.append(path)
-    return {"sha256": write(path.parent, path, content), "size_bytes": len(content), "rescaled": True}
+    key = litert_key(model_id)
+    files.append(key)
+    return {"sha256": store.put_bytes(key, content), "size_bytes": len(content), "rescaled": True}
 
 
-def _weights(model: Any, store: Path, model_id: str, files: list[Path]) -> dict[str, Any]:
-    final = export_path(store, model_id, "weights")
-    temp = temporary_path(store, EXPORT_SUFFIXES["weights"])  # Keras wants the name to end so
+def _weights(model: Any, store: Store, model_id: str, scratch: Path, files: list[str]) -> dict[str, Any]:
+    key = export_key(model_id, "weights")
+    saved = scratch / key  # Keras wants the name to end as the key does
     try:
-        model.save_weights(str(temp))
-        files.append(final)
-        sha256 = publish(temp, final)
+        model.save_weights(str(saved))
+        files.append(key)
+        sha256, size = store.put_file(key, saved), saved.stat().st_size
     except Exception as exc:
         log.exception("model %s: no weights file", model_id)
         return {"error": _error(exc)}
-    finally:
-        temp.unlink(missing_ok=True)
-    return {"sha256": sha256, "size_bytes": final.stat().st_size}
+    return {"sha256": sha256, "size_bytes": size}
 
 
 def _error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".strip()[:2000]
 
 
-def link_exports(store: Path, source_id: str, copy_id: str, exports: dict[str, Any] | None) -> dict[str, Any] | None:
+def link_exports(store: Store, source_id: str, copy_id: str, exports: dict[str, Any] | None) -> dict[str, Any] | None:
     """A model published again under another id (an experiment's best trial under the experiment's name) gets the
-    same export files, hard-linked under its own id; a file gone from the store is recorded as missing."""
+    same export files, stored again under its own id (hard-linked in a local store); a file gone from the store is
+    recorded as missing."""
     if exports is None:
         return None
     linked: dict[str, Any] = {}
@@ -184,7 +175,7 @@ def link_exports(store: Path, source_id: str, copy_id: str, exports: dict[str, A
             linked[export] = record
             continue
         try:
-            os.link(export_path(store, source_id, export), export_path(store, copy_id, export))
+            store.copy(export_key(source_id, export), export_key(copy_id, export))
         except FileNotFoundError:
             linked[export] = {"error": f"the {export} export of model {source_id} is missing from the store"}
         else:
@@ -192,9 +183,9 @@ def link_exports(store: Path, source_id: str, copy_id: str, exports: dict[str, A
     return linked
 
 
-def remove_exports(store: Path, model_id: str) -> None:
+def remove_exports(store: Store, model_id: str) -> None:
     for export in EXPORT_SUFFIXES:
-        export_path(store, model_id, export).unlink(missing_ok=True)
+        store.delete(export_key(model_id, export))
 
 
 # --- streamed by the API ------------------------------------------------------------------------------------------
@@ -247,15 +238,11 @@ def litert_sha256(record: dict[str, Any] | None, rescale: float | None, model_id
     return str(record["sha256"])
 
 
-def savedmodel_archive(store: Path, model_id: str, sha256: str, *, name: str, version: int) -> Iterator[bytes]:
+def savedmodel_archive(store: Store, model_id: str, sha256: str, *, name: str, version: int) -> Iterator[bytes]:
     """The model's stored SavedModel as a ``.tar.gz`` in TensorFlow Serving's layout, ``<name>/<version>/...``,
     in pieces. The stored file is checked against ``sha256`` before anything is sent (StoreError), and again as it
     is read: a file that changed meanwhile ends the archive unfinished, never a whole archive of other bytes."""
-    path = export_path(store, model_id, "savedmodel")
-    if not path.is_file():
-        raise StoreError(f"the SavedModel of model {model_id} is missing from the store")
-    if sha256_file(path) != sha256:
-        raise StoreError(f"the SavedModel of model {model_id} does not match the sha256 recorded when it was saved")
+    path = store.local(export_key(model_id, "savedmodel"), sha256, f"SavedModel of model {model_id}")
     return rebased_archive(path, sha256, f"{safe_name(name)}/{version}")
 
 
@@ -345,10 +332,8 @@ def tar_stream(members: Iterable[tuple[tarfile.TarInfo, IO[bytes] | None]], *, g
     yield out(b"\0" * (2 * BLOCK)) + (compressor.flush() if compressor is not None else b"")
 
 
-def verified_export(store: Path, model_id: str, export: str, sha256: str) -> Path:
+def verified_export(store: Store, model_id: str, export: str, sha256: str) -> Path:
     """A stored export file, once it is found to be the one recorded (StoreError otherwise)."""
-    from service.store import verified_path
-
-    suffix = ".tflite" if export == "litert" else EXPORT_SUFFIXES[export]
+    key = litert_key(model_id) if export == "litert" else export_key(model_id, export)
     what = {"litert": "flatbuffer", "weights": "weights file", "savedmodel": "SavedModel"}[export]
-    return verified_path(store, model_id, sha256, suffix, what)
+    return store.local(key, sha256, f"{what} of model {model_id}")

@@ -16,7 +16,6 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +24,7 @@ from pydantic import BaseModel, Field
 
 from service.db import ModelRow
 from service.spec import ModelSpec
+from service.store import Store, model_key
 
 FloatArray = npt.NDArray[np.float32]
 # Images of a layer's output or weights are made for at most this many channels or filters.
@@ -144,7 +144,7 @@ class Activations(BaseModel):
 class Inspector:
     """Keeps the last few loaded models; every call is blocking (Keras), for a thread."""
 
-    def __init__(self, store: Path, keep: int = 2) -> None:
+    def __init__(self, store: Store, keep: int = 2) -> None:
         self.store = store
         self.keep = keep
         self._models: OrderedDict[str, Any] = OrderedDict()
@@ -152,13 +152,12 @@ class Inspector:
 
     def model(self, row: ModelRow) -> Any:
         from service.keras_build import load_stored_model
-        from service.store import verified_path
 
         with self._lock:
             if row.id in self._models:
                 self._models.move_to_end(row.id)
                 return self._models[row.id]
-        loaded = load_stored_model(verified_path(self.store, row.id, row.sha256))
+        loaded = load_stored_model(self.store.local(model_key(row.id), row.sha256, f"file of model {row.id}"))
         with self._lock:
             self._models[row.id] = loaded
             while len(self._models) > self.keep:

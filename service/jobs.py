@@ -22,6 +22,7 @@ from service.db import (
     epoch_bucket,
     utcnow,
 )
+from service.settings import DEFAULT_POOL
 from service.spec import TrainRequest
 
 
@@ -35,10 +36,25 @@ def create_job(
         epochs=request.fit.epochs,
         idempotency_key=idempotency_key,
         request_sha256=request_sha256,
+        pool=pool_of(request),
     )
     session.add(job)
     session.flush()
     return job
+
+
+def pool_of(request: TrainRequest) -> str | None:
+    """The pool a job's row records: None for the default pool."""
+    pool = request.resources.pool_name
+    return None if pool == DEFAULT_POOL else pool
+
+
+def queued_by_pool(*, session: Session) -> dict[str, int]:
+    """Queued jobs per pool (the default pool as ``DEFAULT_POOL``)."""
+    rows = session.execute(
+        select(JobRow.pool, func.count()).where(JobRow.status == JobStatus.QUEUED).group_by(JobRow.pool)
+    )
+    return {pool or DEFAULT_POOL: int(count) for pool, count in rows}
 
 
 def get_job(*, session: Session, job_id: str) -> JobRow | None:
@@ -244,6 +260,8 @@ def record_epoch(
     moved = session.execute(update(JobRow).where(*_holds(job_id, worker_id, attempt)).values(epoch=epoch))
     if not changed(moved):
         return False
+    if session.scalar(select(EpochRow.id).where(EpochRow.job_id == job_id, EpochRow.epoch == epoch)) is not None:
+        return True  # written by this very call before, whose commit's answer was lost: a retry (db.retried)
     session.add(EpochRow(job_id=job_id, epoch=epoch, metrics=metrics, seconds=seconds))
     if seconds is not None:
         session.execute(
@@ -344,9 +362,21 @@ def complete_job(
         )
     )
     if not changed(done):
-        return False
+        # A retry of this very call, whose commit's answer was lost, finds its own result.
+        return _ended_by(session, job_id, worker_id, attempt, JobStatus.SUCCEEDED, JobRow.model_id == model.id)
     registry.add_version(session=session, model=model)
     return True
+
+
+def _ended_by(
+    session: Session, job_id: str, worker_id: str, attempt: int, status: JobStatus, *also: ColumnElement[bool]
+) -> bool:
+    """Whether this attempt has already ended the job with ``status``: what a retried write (``db.retried``) of
+    one that did commit finds. A worker cut off finds another attempt's result, or none."""
+    ended = select(func.count()).where(
+        JobRow.id == job_id, JobRow.status == status, JobRow.worker_id == worker_id, JobRow.attempts == attempt, *also
+    )
+    return session.scalar(ended) == 1
 
 
 def still_holds(*, session: Session, job_id: str, worker_id: str, attempt: int) -> bool:
@@ -378,7 +408,7 @@ def fail_job(
             checkpoint=_ended(resumed_from_epoch),
         )
     )
-    return changed(done)
+    return changed(done) or _ended_by(session, job_id, worker_id, attempt, JobStatus.FAILED)
 
 
 def finish_cancelled(
@@ -396,7 +426,7 @@ def finish_cancelled(
             checkpoint=_ended(resumed_from_epoch),
         )
     )
-    return changed(done)
+    return changed(done) or _ended_by(session, job_id, worker_id, attempt, JobStatus.CANCELLED)
 
 
 class CancelOutcome(enum.Enum):

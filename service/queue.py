@@ -7,12 +7,13 @@ TensorFlow.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Sequence
 
 import redis
 from celery import Celery
 
-from service.settings import Settings
+from service.settings import DEFAULT_POOL, Settings
 
 TRAIN_TASK = "trainserve.train"
 # Brings an experiment up to date (``service.experiments.advance``): the periodic safety net's way into a pool
@@ -24,6 +25,17 @@ ADVANCE_TASK = "trainserve.advance_experiment"
 _PRIORITY_SEPARATOR = "\x06\x16"
 _PRIORITY_STEPS = (3, 6, 9)
 _UNACKED = "unacked"
+
+
+def queue_name(settings: Settings, pool: str | None) -> str:
+    """The Celery queue of a pool's jobs: the settings' queue for the default pool, ``<queue>.pool.<name>`` for
+    another."""
+    return settings.queue if pool in (None, DEFAULT_POOL) else f"{settings.queue}.pool.{pool}"
+
+
+def advance_queue(settings: Settings) -> str:
+    """The queue of the requests to advance an experiment, which every worker takes whatever its pools."""
+    return f"{settings.queue}.advance"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -39,6 +51,7 @@ def make_celery(settings: Settings) -> Celery:
         task_serializer="json",
         accept_content=["json"],
         task_default_queue=settings.queue,
+        task_routes={ADVANCE_TASK: {"queue": advance_queue(settings)}},
         # A message is acknowledged only once its job has ended, and one job at a time per pool process.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -71,6 +84,22 @@ def advance_marker(experiment_id: str) -> str:
     return f"trainserve:advance:{experiment_id}"
 
 
+# Each worker announces the pools it takes jobs from every ANNOUNCE_SECONDS, valid for PRESENCE_SECONDS: a worker
+# that stopped announcing (stopped, killed, cut off) no longer counts after that.
+ANNOUNCE_SECONDS = 5.0
+PRESENCE_SECONDS = 20.0
+
+
+def presence_key(settings: Settings, pool: str) -> str:
+    """A hash of the workers taking a pool's jobs: worker name → until when its announcement holds."""
+    return f"trainserve:workers:{settings.queue}:{pool}"
+
+
+def pools_key(settings: Settings) -> str:
+    """The set of pools any worker has announced."""
+    return f"trainserve:pools:{settings.queue}"
+
+
 class JobQueue:
     """Where training jobs go: one Celery message per job and, beside it in Redis, a marker that says the message
     was sent and not yet taken by a worker. The reconciler asks for the markers of the jobs it wonders about, at a
@@ -91,11 +120,77 @@ class JobQueue:
             self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
         return self._redis
 
-    def send(self, job_id: str) -> None:
-        """Queue a job: its marker first (a message never goes without one), then one message carrying its id,
-        under its id."""
+    def send(self, job_id: str, pool: str | None) -> None:
+        """Queue a job on its pool's queue: its marker first (a message never goes without one), then one message
+        carrying its id, under its id."""
         self.redis.set(marker(job_id), 1, ex=self.MARKER_SECONDS)
-        self.celery.send_task(TRAIN_TASK, args=[job_id], task_id=job_id)
+        self.celery.send_task(TRAIN_TASK, args=[job_id], task_id=job_id, queue=queue_name(self.settings, pool))
+
+    def announce(self, worker: str, pools: Sequence[str]) -> None:
+        """This worker takes the jobs of these pools, for the next PRESENCE_SECONDS."""
+        until = time.time() + PRESENCE_SECONDS
+        pipe = self.redis.pipeline()
+        pipe.sadd(pools_key(self.settings), *pools)
+        for pool in pools:
+            pipe.hset(presence_key(self.settings, pool), worker, f"{until:.3f}")
+        pipe.execute()
+
+    def withdraw(self, worker: str, pools: Sequence[str]) -> None:
+        """This worker stops: it no longer counts for its pools."""
+        pipe = self.redis.pipeline()
+        for pool in pools:
+            pipe.hdel(presence_key(self.settings, pool), worker)
+        pipe.execute()
+
+    def pools(self) -> set[str]:
+        """Every pool a worker has announced, and the default pool."""
+        names: set[bytes] = self.redis.smembers(pools_key(self.settings))  # type: ignore[assignment]
+        return {DEFAULT_POOL, *(name.decode() for name in names)}
+
+    def unschedulable(self, pools: Iterable[str]) -> dict[str, str]:
+        """Of these pools, those no worker takes jobs from now, each with what to do about it; nothing when the
+        broker cannot tell (none is set, or it is unreachable: that shows in /readyz)."""
+        if not self.settings.redis_url:
+            return {}
+        try:
+            counts = self.pool_workers(pools)
+        except redis.RedisError:
+            return {}
+        return {
+            pool: f"no worker takes the jobs of pool '{pool}' now: the job waits until one starts "
+            f"(`trainserve worker --pool {pool}`)"
+            for pool, count in counts.items()
+            if count == 0
+        }
+
+    def announced(self, pools: Iterable[str]) -> set[str]:
+        """The workers whose announcement for one of these pools holds now."""
+        pipe = self.redis.pipeline()
+        for pool in sorted(set(pools)):
+            pipe.hgetall(presence_key(self.settings, pool))
+        now = time.time()
+        return {name.decode() for workers in pipe.execute() for name, until in workers.items() if float(until) > now}
+
+    def pool_workers(self, pools: Iterable[str]) -> dict[str, int]:
+        """How many workers take each pool's jobs now (announced within PRESENCE_SECONDS). Announcements that
+        ran out are removed on the way: a hash holds about the pool's live workers, whatever came and went."""
+        wanted = sorted(set(pools))
+        pipe = self.redis.pipeline()
+        for pool in wanted:
+            pipe.hgetall(presence_key(self.settings, pool))
+        now = time.time()
+        counts: dict[str, int] = {}
+        stale: list[tuple[str, bytes]] = []
+        for pool, workers in zip(wanted, pipe.execute(), strict=True):
+            live = [name for name, until in workers.items() if float(until) > now]
+            stale += [(pool, name) for name in workers if name not in live]
+            counts[pool] = len(live)
+        if stale:
+            pipe = self.redis.pipeline()
+            for pool, name in stale:
+                pipe.hdel(presence_key(self.settings, pool), name)
+            pipe.execute()
+        return counts
 
     def advance(self, experiment_id: str) -> bool:
         """Have a worker bring an experiment up to date, unless such a request is already waiting (its marker, as
@@ -119,9 +214,11 @@ class JobQueue:
         found = self.redis.mget([marker(job_id) for job_id in job_ids])
         return {job_id for job_id, value in zip(job_ids, found, strict=True) if value is not None}
 
-    def depth(self) -> tuple[int, int]:
-        """(messages waiting in the queue, messages workers hold unacknowledged), each read in constant time."""
-        keys = (self.settings.queue, *(f"{self.settings.queue}{_PRIORITY_SEPARATOR}{s}" for s in _PRIORITY_STEPS))
+    def depth(self, pools: Iterable[str] = (DEFAULT_POOL,)) -> tuple[int, int]:
+        """(messages waiting in these pools' queues, messages workers hold unacknowledged), each read in constant
+        time per pool."""
+        names = [queue_name(self.settings, pool) for pool in sorted(set(pools))]
+        keys = [key for name in names for key in (name, *(f"{name}{_PRIORITY_SEPARATOR}{s}" for s in _PRIORITY_STEPS))]
         pipe = self.redis.pipeline()
         for key in keys:
             pipe.llen(key)

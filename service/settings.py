@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -13,6 +14,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
+
+# A pool's name: what `trainserve worker --pool NAME` offers and a request's `resources.pool` asks for. It becomes
+# part of a Redis key and of a Celery queue's name, hence the narrow alphabet.
+POOL_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,39}$"
+DEFAULT_POOL = "default"
 
 # What a key may do: ``KEY`` everything, ``KEY:read`` read and predict only.
 SCOPES = ("", "read")
@@ -67,15 +73,22 @@ class Settings(BaseSettings):
         description="Broker URL (redis://host:port/db). Required by `api` and `worker`; "
         "`serve` starts a private Redis when it is empty.",
     )
-    model_store: Path = Field(
-        default=Path("models"),
-        description="Directory of trained `.keras` files, shared by the API and every worker; a relative path is "
-        "inside `home`.",
+    model_store: str = Field(
+        default="models",
+        description="Where trained models (and running jobs' checkpoints) are kept, shared by the API and every "
+        "worker: a directory (a relative path is inside `home`) or an object store's URL (`s3://bucket/prefix`, or "
+        "any other URL fsspec reaches).",
     )
-    dataset_store: Path = Field(
-        default=Path("datasets"),
-        description="Directory of uploaded datasets (normalised `.npz` files), shared by the API and every worker; "
-        "a relative path is inside `home`.",
+    dataset_store: str = Field(
+        default="datasets",
+        description="Where uploaded datasets (normalised `.npz` files) are kept, shared by the API and every worker: "
+        "a directory (a relative path is inside `home`) or an object store's URL.",
+    )
+    store_cache_bytes: int = Field(
+        default=10 * GIB,
+        ge=0,
+        description="Local copies of files read from an object store, kept by sha256 in `home`/cache, least "
+        "recently used out first beyond this.",
     )
     max_upload_bytes: int = Field(
         default=GIB, ge=1, description="Largest dataset file POST /datasets accepts (413 beyond)."
@@ -123,6 +136,22 @@ class Settings(BaseSettings):
     queue: str = Field(default="trainserve", description="Celery queue the training jobs go to.")
     worker_concurrency: int = Field(
         default=1, ge=1, description="Training processes per worker (each keeps TensorFlow loaded)."
+    )
+    database_retry_seconds: float = Field(
+        default=120.0,
+        ge=0.0,
+        description="How long a worker keeps trying a write (an epoch, a checkpoint's record, a job's end) while "
+        "the database cannot be reached, with backoff, before its job fails: a database restart costs a pause.",
+    )
+    worker_pools: str = Field(
+        default=DEFAULT_POOL,
+        description="Comma-separated pools whose jobs a worker takes (`trainserve worker --pool`); a job asks for "
+        "one with `resources.pool`.",
+    )
+    worker_accelerator: Literal["cpu", "gpu"] = Field(
+        default="cpu",
+        description="`gpu`: the worker's training processes let TensorFlow grow its GPU memory as needed and run "
+        "one job each (TensorFlow keeps GPU memory for the life of a process); its pools default to `gpu`.",
     )
     max_experiment_trials: int = Field(
         default=1000, ge=1, description="Most trials one experiment may ask for (`max_trials`; 422 beyond)."
@@ -283,6 +312,24 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def pools(self) -> list[str]:
+        """The pools this worker takes jobs from, in the order given."""
+        return list(dict.fromkeys(name.strip() for name in self.worker_pools.split(",") if name.strip()))
+
+    @field_validator("worker_pools")
+    @classmethod
+    def _pool_names(cls, value: str) -> str:
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        if not names:
+            raise ValueError("name at least one pool")
+        for name in names:
+            if re.fullmatch(POOL_PATTERN, name) is None:
+                raise ValueError(
+                    f"pool {name[:40]!r} is not a pool name: lower-case letters, digits, '-' and '_', at most 40"
+                )
+        return value
+
+    @property
     def keys(self) -> list[ApiKey]:
         return parse_api_keys(self.api_keys)
 
@@ -291,14 +338,36 @@ class Settings(BaseSettings):
         self.home = self.home.expanduser().resolve()
         if not self.database_url:
             self.database_url = f"sqlite:///{self.home / 'trainserve.db'}"
-        self.model_store = self.home / self.model_store.expanduser()  # an absolute path stays as it is
-        self.dataset_store = self.home / self.dataset_store.expanduser()
+        self.model_store = _located(self.home, self.model_store)
+        self.dataset_store = _located(self.home, self.dataset_store)
         return self
+
+    @field_validator("model_store", "dataset_store", mode="before")
+    @classmethod
+    def _path_or_url(cls, value: object) -> object:
+        return str(value) if isinstance(value, Path) else value
+
+    @property
+    def upload_staging(self) -> Path:
+        """Where an upload is received, on local disk, before it is read into a dataset."""
+        return self.home / "uploads"
+
+    @property
+    def store_cache(self) -> Path:
+        """Where files read from an object store are kept locally."""
+        return self.home / "cache"
 
     @property
     def visibility_timeout(self) -> int:
         """Redis redelivers an unacknowledged message after this many seconds: keep it past any job's end."""
         return int(self.job_time_limit) + 600
+
+
+def _located(home: Path, location: str) -> str:
+    """A store setting as used: a URL as it is, a relative directory inside ``home`` (an absolute one as it is)."""
+    if re.match(r"^[a-z][a-z0-9+.-]*://", location):
+        return location
+    return str(home / Path(location).expanduser())
 
 
 @lru_cache(maxsize=1)

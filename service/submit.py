@@ -155,7 +155,7 @@ def submit(
             raise
         return _replay(earlier, request_sha256, idempotency_key or "")
     try:
-        queue.send(job.id)
+        queue.send(job.id, job.pool)
     except Exception as exc:
         # Not queued means not accepted: remove the record rather than leave a job nobody will run.
         log.error("could not queue job %s: %s", job.id, exc)

@@ -13,15 +13,19 @@ job's record does (jobs are kept).
 
 from __future__ import annotations
 
+import io
 import re
 import sys
 import tarfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
 from service.db import is_id
 from service.exports import tar_stream
+from service.store import Store
 
 TENSORBOARD = "tensorboard"
 RUNS = ("train", "validation")
@@ -29,14 +33,11 @@ RUNS = ("train", "validation")
 _EVENT_FILE = re.compile(r"events\.out\.tfevents\.([0-9]{10})\.trainserve\.a([0-9]{1,6})\.([01])")
 
 
-def logs_root(store: Path) -> Path:
-    return store / TENSORBOARD
-
-
-def job_dir(store: Path, job_id: str) -> Path:
+def job_prefix(job_id: str) -> str:
+    """Where a job's logs are in the model store."""
     if not is_id(job_id):
         raise ValueError(f"not a job id: {job_id!r}")
-    return logs_root(store) / job_id
+    return f"{TENSORBOARD}/{job_id}"
 
 
 def event_file_name(started: int, attempt: int, part: int) -> str:
@@ -49,54 +50,79 @@ def attempt_of(name: str) -> int | None:
     return None if match is None else int(match[2])
 
 
-def event_files(store: Path, job_id: str) -> dict[str, list[Path]]:
-    """The job's event files per run (``train``, ``validation``), in the order TensorBoard reads them."""
-    found: dict[str, list[Path]] = {}
+def event_files(store: Store, job_id: str) -> dict[str, list[str]]:
+    """The names of the job's event files per run (``train``, ``validation``), in the order TensorBoard reads
+    them."""
+    found: dict[str, list[str]] = {}
     for run in RUNS:
-        try:
-            paths = sorted(p for p in (job_dir(store, job_id) / run).iterdir() if attempt_of(p.name) is not None)
-        except FileNotFoundError:
-            continue
-        if paths:
-            found[run] = paths
+        names = sorted(name for name in store.names(f"{job_prefix(job_id)}/{run}") if attempt_of(name) is not None)
+        if names:
+            found[run] = names
     return found
 
 
-def served_files(store: Path, job_id: str, attempts: int) -> dict[str, list[Path]]:
+def served_files(store: Store, job_id: str, attempts: int) -> dict[str, list[str]]:
     """The files that are the job's logs: those of its latest attempt that has written any (an attempt that took
     the job over removes the others once it has copied what it resumes from)."""
     files = event_files(store, job_id)
-    written = {attempt_of(p.name) or 0 for paths in files.values() for p in paths}
+    written = {attempt_of(name) or 0 for names in files.values() for name in names}
     latest = max((a for a in written if a <= attempts), default=None)
     if latest is None:
         return {}
-    chosen = {run: [p for p in paths if attempt_of(p.name) == latest] for run, paths in files.items()}
-    return {run: paths for run, paths in chosen.items() if paths}
+    chosen = {run: [name for name in names if attempt_of(name) == latest] for run, names in files.items()}
+    return {run: names for run, names in chosen.items() if names}
 
 
-def archive(files: dict[str, list[Path]], job_id: str) -> Iterator[bytes]:
-    """``files`` as a tar, ``<job_id>/<run>/<file>``, read in pieces. A file still being written goes in as long
-    as it was when its turn came (TensorBoard reads a last record cut short as not yet written)."""
+def archive(store: Store, files: dict[str, list[str]], job_id: str) -> Iterator[bytes]:
+    """``files`` as a tar, ``<job_id>/<run>/<file>``, each read as it was when its turn came (TensorBoard reads a
+    last record cut short as not yet written). Event files hold a few numbers per epoch: each is read whole."""
 
     def members() -> Iterator[tuple[tarfile.TarInfo, IO[bytes] | None]]:
         for name in (job_id, *(f"{job_id}/{run}" for run in files)):
             entry = tarfile.TarInfo(name)
             entry.type, entry.mode = tarfile.DIRTYPE, 0o755
             yield entry, None
-        for run, paths in files.items():
-            for path in paths:
+        for run, names in files.items():
+            for name in names:
                 try:
-                    source = path.open("rb")
+                    content = store.unchecked(f"{job_prefix(job_id)}/{run}/{name}")
                 except FileNotFoundError:  # removed meanwhile by an attempt that took the job over
                     continue
-                with source:
-                    stat = source.seek(0, 2)
-                    source.seek(0)
-                    entry = tarfile.TarInfo(f"{job_id}/{run}/{path.name}")
-                    entry.size, entry.mode, entry.mtime = stat, 0o644, int(path.stat().st_mtime)
-                    yield entry, source
+                entry = tarfile.TarInfo(f"{job_id}/{run}/{name}")
+                entry.size, entry.mode, entry.mtime = len(content), 0o644, int(time.time())
+                yield entry, io.BytesIO(content)
 
     return tar_stream(members(), gzip=False)
+
+
+def copy_logs(store: Store, target: Path) -> int:
+    """Copy every job's logs from an object store into ``target`` (what TensorBoard reads), the files whose size
+    changed; returns how many were copied."""
+    copied = 0
+    for job_id in store.directories(TENSORBOARD):
+        for run in RUNS:
+            prefix = f"{TENSORBOARD}/{job_id}/{run}"
+            here = target / job_id / run
+            for name in store.names(prefix):
+                if attempt_of(name) is None:
+                    continue
+                path = here / name
+                if path.is_file() and path.stat().st_size == store.size(f"{prefix}/{name}"):
+                    continue
+                here.mkdir(parents=True, exist_ok=True)
+                temp = here / f".{name}.part"
+                temp.write_bytes(store.unchecked(f"{prefix}/{name}"))
+                temp.replace(path)
+                copied += 1
+    return copied
+
+
+def follow(store: Store, target: Path, interval: float, stop: threading.Event) -> None:
+    """Copy the logs now, then every ``interval`` seconds until ``stop`` is set."""
+    while True:
+        copy_logs(store, target)
+        if stop.wait(interval):
+            return
 
 
 INSTALL_HINT = (

@@ -7,6 +7,7 @@ import base64
 import io
 import zipfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -62,7 +63,7 @@ def test_npz_upload_is_described_and_sampled(api: TestClient, settings: Settings
     assert [s["y"] for s in samples["samples"]] == [0, 1, 2]
     assert [s["label"] for s in samples["samples"]] == ["a", "b", "c"]
     assert samples["samples"][0]["image"] is None
-    assert f"{body['dataset_id']}.npz" in stored_files(settings.dataset_store)
+    assert f"{body['dataset_id']}.npz" in stored_files(Path(settings.dataset_store))
 
 
 def test_the_same_bytes_are_the_same_dataset(api: TestClient, settings: Settings) -> None:
@@ -71,7 +72,7 @@ def test_the_same_bytes_are_the_same_dataset(api: TestClient, settings: Settings
     status, first = upload(api, "blobs.npz", content)
     assert status == 201
     count = api.get("/datasets").json()["count"]
-    files = stored_files(settings.dataset_store)
+    files = stored_files(Path(settings.dataset_store))
 
     status, again = upload(api, "renamed.npz", content, name="another name")
     assert status == 200
@@ -79,7 +80,7 @@ def test_the_same_bytes_are_the_same_dataset(api: TestClient, settings: Settings
     assert again["sha256"] == first["sha256"]
     assert again["name"] == "blobs"
     assert api.get("/datasets").json()["count"] == count
-    assert stored_files(settings.dataset_store) == files
+    assert stored_files(Path(settings.dataset_store)) == files
 
 
 def test_npz_with_a_test_split_and_one_hot_labels(api: TestClient) -> None:
@@ -201,7 +202,7 @@ def test_delete_removes_the_record_and_the_file(api: TestClient, settings: Setti
     assert status == 201
     assert api.delete(f"/datasets/{body['dataset_id']}").status_code == 204
     assert api.get(f"/datasets/{body['dataset_id']}").status_code == 404
-    assert f"{body['dataset_id']}.npz" not in stored_files(settings.dataset_store)
+    assert f"{body['dataset_id']}.npz" not in stored_files(Path(settings.dataset_store))
 
 
 # --- bad files ----------------------------------------------------------------------------------------------------
@@ -382,7 +383,7 @@ def test_bad_files_are_refused_with_a_reason(
     message: str,
 ) -> None:
     count = api.get("/datasets").json()["count"]
-    files = stored_files(settings.dataset_store)
+    files = stored_files(Path(settings.dataset_store))
     got, body = upload(api, filename, content, **fields)
     assert got == status, body
     assert body["error"]["type"] == "invalid_dataset"
@@ -390,7 +391,7 @@ def test_bad_files_are_refused_with_a_reason(
     assert body["error"]["errors"] == [{"path": field, "loc": [field], "message": message}]
     # Nothing half-written stays behind: no record, no stored file, no partial upload.
     assert api.get("/datasets").json()["count"] == count
-    assert stored_files(settings.dataset_store) == files
+    assert stored_files(Path(settings.dataset_store)) == files
 
 
 def test_unsupported_file_types_are_refused_before_reading_them(api: TestClient) -> None:
@@ -428,7 +429,7 @@ def test_uploads_over_the_limit_are_refused_early_and_while_streaming(settings: 
     from service.api.app import create_app
 
     small = settings.model_copy(update={"max_upload_bytes": 1000})
-    before = stored_files(settings.dataset_store)
+    before = stored_files(Path(settings.dataset_store))
     with TestClient(create_app(small)) as client:
         # Content-Length says it all: refused before the body is read.
         status, body = upload(client, "big.csv", b"a,label\n" + b"1,x\n" * 100_000)
@@ -453,7 +454,7 @@ def test_uploads_over_the_limit_are_refused_early_and_while_streaming(settings: 
         )
         assert response.status_code == 413
         assert response.json()["error"]["type"] == "payload_too_large"
-    assert stored_files(settings.dataset_store) == before
+    assert stored_files(Path(settings.dataset_store)) == before
 
 
 # --- training requests that name an uploaded dataset --------------------------------------------------------------

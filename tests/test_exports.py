@@ -23,7 +23,7 @@ from sqlalchemy import update
 from service.db import ModelRow, session_scope
 from service.exports import CHUNK_BYTES, rebased_archive, safe_name
 from service.settings import Settings
-from service.store import StoreError, export_path, litert_path, sha256_file
+from service.store import StoreError, export_key, litert_key, sha256_file
 from tests.conftest import small_cnn_request, train
 
 pytestmark = pytest.mark.slow
@@ -118,12 +118,12 @@ def test_every_export_answers_as_the_keras_model(
 
 
 def test_the_model_record_lists_its_exports(client: TestClient, cnn: dict[str, Any], settings: Settings) -> None:
-    store = settings.model_store
+    store = Path(settings.model_store)
     for export in ("savedmodel", "weights"):
         record = cnn["exports"][export]
-        assert record["size_bytes"] == export_path(store, cnn["model_id"], export).stat().st_size > 0
+        assert record["size_bytes"] == (store / export_key(cnn["model_id"], export)).stat().st_size > 0
     assert cnn["litert"]["rescaled"] is True
-    assert cnn["litert"]["size_bytes"] == litert_path(store, cnn["model_id"]).stat().st_size
+    assert cnn["litert"]["size_bytes"] == (store / litert_key(cnn["model_id"])).stat().st_size
 
 
 def test_an_unknown_format_is_refused_naming_the_allowed_ones(client: TestClient, cnn: dict[str, Any]) -> None:
@@ -177,7 +177,7 @@ def test_a_corrupted_export_is_refused_not_served(client: TestClient, lstm: dict
     """A byte changed in a stored export: the download is a 500 naming the file that is not the one recorded,
     for the archive as for the weights; put back, it is served again."""
     for export in ("savedmodel", "weights"):
-        path = export_path(settings.model_store, lstm["model_id"], export)
+        path = Path(settings.model_store) / export_key(lstm["model_id"], export)
         original = path.read_bytes()
         damaged = bytearray(original)
         damaged[len(damaged) // 2] ^= 0xFF

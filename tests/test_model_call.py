@@ -202,6 +202,7 @@ def test_a_model_that_does_not_convert_serves_on_tensorflow(compiler: ThreadPool
     import tensorflow as tf
 
     from service.exports import write_exports
+    from service.store import LocalStore
 
     def numpy_sin(x: Any) -> Any:
         y = tf.numpy_function(np.sin, [x], tf.float32)
@@ -211,11 +212,12 @@ def test_a_model_that_does_not_convert_serves_on_tensorflow(compiler: ThreadPool
     model = keras.Sequential([keras.Input((8, 8)), keras.layers.Lambda(numpy_sin), keras.layers.Flatten()])
     with pytest.raises(litert.ConversionError):
         litert.convert(model)
-    exported = write_exports(model, store=tmp_path, model_id="0" * 32, input_shape=(8, 8), rescale=None)
+    store = LocalStore(tmp_path)
+    exported = write_exports(model, store=store, model_id="0" * 32, input_shape=(8, 8), rescale=None)
     record = exported.litert
     assert set(record) == {"error"}
     assert record["error"]
-    assert not (tmp_path / f"{'0' * 32}.tflite").exists()
+    assert f"{'0' * 32}.tflite" not in store.names("")
     call = ModelCall(model, (8, 8), None, max_batch_size=2, compiler=compiler, litert=None)
     x = batches(2)[0]
     assert np.allclose(call(x), np.sin(x).reshape(2, -1), atol=1e-6)

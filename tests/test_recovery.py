@@ -142,7 +142,7 @@ def test_pool_child_killed_mid_epoch_job_resumes_and_succeeds_once(api: TestClie
     assert job["resumed_from_epoch"] >= 1
     assert [row["epoch"] for row in job["history"]] == list(range(1, 13)), "each epoch once"
     assert len(models_of(api, job_id)) == 1
-    store = cluster.settings.model_store
+    store = Path(cluster.settings.model_store)
     models = api.get("/models").json()["data"]
     published = {f"{m['model_id']}.keras" for m in models} | {f"{m['model_id']}.tflite" for m in models if m["litert"]}
     # The checkpoints go with the job: its worker removes the last one, the reconciler what the killed one left.

@@ -27,7 +27,7 @@ from service import jobs
 from service.db import EpochRow, JobRow, JobStatus, session_scope, utcnow
 from service.settings import Settings
 from service.spec import TrainRequest
-from service.store import checkpoint_dir, checkpoint_files, checkpoint_name
+from service.store import CHECKPOINTS, checkpoint_files, checkpoint_name, model_store
 from service.tensorboard import attempt_of, event_files
 from tests.conftest import wait_for_job
 from tests.test_metrics import samples, value
@@ -173,8 +173,8 @@ def assert_same_weights(api: TestClient, model_id: str, expected_id: str) -> Non
 def wait_for_no_checkpoint_of(cluster: Cluster, job_id: str, timeout: float = 10) -> None:
     """The job's checkpoint files are gone: its worker removes the last, the reconciler what a killed one left."""
     deadline = time.monotonic() + timeout
-    while any(owner == job_id for owner, _ in checkpoint_files(cluster.settings.model_store).values()):
-        assert time.monotonic() < deadline, sorted(checkpoint_files(cluster.settings.model_store))
+    while any(owner == job_id for owner, _ in checkpoint_files(model_store(cluster.settings)).values()):
+        assert time.monotonic() < deadline, sorted(checkpoint_files(model_store(cluster.settings)))
         time.sleep(0.1)
 
 
@@ -215,7 +215,7 @@ def test_a_killed_pool_process_resumes_after_its_last_checkpoint_with_the_same_w
         scalars, _ = read_logs(api, job_id, Path(scratch))
     assert_logs_are_the_history(scalars, job["history"])
     assert {
-        attempt_of(p.name) for paths in event_files(cluster.settings.model_store, job_id).values() for p in paths
+        attempt_of(name) for names in event_files(model_store(cluster.settings), job_id).values() for name in names
     } == {2}
 
 
@@ -277,7 +277,7 @@ def change(settings: Settings, job_id: str, **values: Any) -> None:
 def checkpoint_record(settings: Settings, job_id: str, attempt: int, epoch: int, content: bytes) -> dict[str, Any]:
     """A checkpoint file in the store with this content, and the record that names it."""
     name = checkpoint_name(job_id, attempt, epoch)
-    path = checkpoint_dir(settings.model_store) / name
+    path = Path(settings.model_store) / CHECKPOINTS / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(content)
     sha256 = hashlib.sha256(content).hexdigest()
@@ -363,7 +363,7 @@ def test_the_reconciler_sweeps_the_checkpoints_no_attempt_will_resume_from(clust
     writing = checkpoint_record(settings, running, 2, 6, b"being recorded")["file"]
     earlier = checkpoint_record(settings, running, 1, 3, b"an earlier attempt's")["file"]
     temporary = f".incoming-{running}-1-4-x1y2z3.npz"
-    (checkpoint_dir(settings.model_store) / temporary).write_bytes(b"half written")
+    (Path(settings.model_store) / CHECKPOINTS / temporary).write_bytes(b"half written")
     change(settings, running, checkpoint=recorded)
     change(
         settings,
@@ -375,7 +375,7 @@ def test_the_reconciler_sweeps_the_checkpoints_no_attempt_will_resume_from(clust
     )
     try:
         deadline = time.monotonic() + 10
-        while (names := set(checkpoint_files(settings.model_store))) != {recorded["file"], writing}:
+        while (names := set(checkpoint_files(model_store(settings)))) != {recorded["file"], writing}:
             assert time.monotonic() < deadline, names
             time.sleep(0.1)
         with session_scope(settings.database_url) as session:

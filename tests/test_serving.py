@@ -70,7 +70,7 @@ def digits(count: int, start: int = 0) -> Array:
 
 def reference(settings: Settings, model_id: str, x: Array, rescale: float) -> Array:
     """What Keras itself answers for the stored file, on the preprocessed inputs."""
-    model = keras.models.load_model(settings.model_store / f"{model_id}.keras", compile=False)
+    model = keras.models.load_model(Path(settings.model_store) / f"{model_id}.keras", compile=False)
     result: Array = np.asarray(model.predict_on_batch(x * np.float32(rescale)))
     return result
 
@@ -431,7 +431,7 @@ def test_cache_keeps_the_most_recently_used_models(settings: Settings, trained: 
 
     weights = (64 * 100 + 100 + 100 * 10 + 10) * 4
     # A model's memory is its weights and its flatbuffer (which holds another copy of them).
-    flatbuffers = {m: (settings.model_store / f"{m}.tflite").stat().st_size for m in (a, b)}
+    flatbuffers = {m: (Path(settings.model_store) / f"{m}.tflite").stat().st_size for m in (a, b)}
     room = weights + max(flatbuffers.values()) + 1
     small = cache_after(settings.model_copy(update={"predict_cache_bytes": room}), [a, b, a])
     assert metric(small, "trainserve_models_loaded") == 1
@@ -442,7 +442,7 @@ def test_cache_keeps_the_most_recently_used_models(settings: Settings, trained: 
 
 
 def test_a_model_file_changed_after_saving_is_not_loaded(settings: Settings, trained: Trained) -> None:
-    path: Path = settings.model_store / f"{trained.other}.keras"
+    path: Path = Path(settings.model_store) / f"{trained.other}.keras"
     original = path.read_bytes()
     try:
         path.write_bytes(original + b"\0")
@@ -463,7 +463,7 @@ def test_small_batches_run_on_the_flatbuffer_published_beside_the_model(
 ) -> None:
     """The worker converted the model when it published it; the API checks the flatbuffer and runs it, on every
     protocol, with Keras' answers."""
-    path: Path = settings.model_store / f"{trained.v1}.tflite"
+    path: Path = Path(settings.model_store) / f"{trained.v1}.tflite"
     record = client.get(f"/models/{trained.v1}").json()["litert"]
     assert record == {
         "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
@@ -504,7 +504,7 @@ def test_small_batches_run_on_the_flatbuffer_published_beside_the_model(
 
 def test_a_flatbuffer_changed_after_saving_never_runs(settings: Settings, trained: Trained) -> None:
     """Its sha256 is not the one recorded: the model is served from its verified .keras file, on TensorFlow."""
-    path: Path = settings.model_store / f"{trained.other}.tflite"
+    path: Path = Path(settings.model_store) / f"{trained.other}.tflite"
     original = path.read_bytes()
     try:
         path.write_bytes(original[:-8] + bytes(8))

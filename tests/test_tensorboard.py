@@ -29,7 +29,7 @@ from service.db import session_scope
 from service.embedded import free_port
 from service.settings import Settings
 from service.spec import TrainRequest
-from service.tensorboard import command_line, logs_root
+from service.tensorboard import TENSORBOARD, command_line
 from tests.conftest import chapter_request, settings_env, train
 
 pytestmark = pytest.mark.slow
@@ -139,9 +139,9 @@ def test_trainserve_tensorboard_serves_the_stores_logs(client: TestClient, setti
     job = train(client, {**chapter_request(epochs=2), "fit": {"epochs": 2, "validation_split": 0.2}})
     assert job["status"] == "succeeded", job["error"]
     port = free_port()
-    assert command_line(logs_root(settings.model_store), "127.0.0.1", port)[-6:] == [
+    assert command_line(Path(settings.model_store) / TENSORBOARD, "127.0.0.1", port)[-6:] == [
         "--logdir",
-        str(logs_root(settings.model_store)),
+        str(Path(settings.model_store) / TENSORBOARD),
         "--host",
         "127.0.0.1",
         "--port",

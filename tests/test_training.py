@@ -322,12 +322,12 @@ def test_tensorflow_is_loaded_in_pool_children_only(worker: WorkerProcess, clien
 
 def test_no_model_file_without_a_record(client: TestClient, settings: Settings) -> None:
     records = {m["model_id"] for m in client.get("/models", params={"limit": 500}).json()["data"]}
-    files = {p.name for p in settings.model_store.iterdir() if p.is_file()}
+    files = {p.name for p in Path(settings.model_store).iterdir() if p.is_file()}
     assert {p.partition(".")[0] for p in files} == records, "every file has its record"
     suffixes = {p.partition(".")[2] for p in files}
     assert suffixes == {"keras", "tflite", "savedmodel.tar", "weights.h5"}, "no temporary file is left behind"
     # Besides the models' files, only the jobs' TensorBoard logs.
-    assert {p.name for p in settings.model_store.iterdir() if p.is_dir()} <= {"tensorboard", "checkpoints"}
+    assert {p.name for p in Path(settings.model_store).iterdir() if p.is_dir()} <= {"tensorboard", "checkpoints"}
 
 
 @pytest.mark.parametrize("rescale", [None, 1 / 255])

@@ -13,7 +13,7 @@ from celery.signals import setup_logging, worker_process_init
 from service.logs import configure_logging
 from service.queue import make_celery
 from service.settings import Settings, get_settings
-from worker.reconciler import Reconciler
+from worker.reconciler import Presence, Reconciler
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,7 @@ def make_worker_app(settings: Settings) -> Celery:
     app = make_celery(settings)
     app.conf.imports = ["worker.tasks"]
     app.steps["worker"].add(Reconciler)
+    app.steps["worker"].add(Presence)
     return app
 
 
@@ -45,4 +46,11 @@ def _load_tensorflow(**_: Any) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
+    if settings.worker_accelerator == "gpu":
+        # TensorFlow takes nearly all of a GPU's memory at its first use unless told to grow into it; and what it
+        # took, it keeps until the process ends (hence one job per process on these workers).
+        import tensorflow as tf
+
+        for gpu in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(gpu, True)
     log.info("pool process %d ready with Keras %s", os.getpid(), keras.__version__)

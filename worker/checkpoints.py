@@ -24,7 +24,7 @@ import keras
 import numpy as np
 from numpy.lib.npyio import NpzFile
 
-from service.store import checkpoint_path, verified_bytes
+from service.store import Store, checkpoint_key
 
 # Bumped when the layout changes: a checkpoint of another layout is not resumed from (the job starts over).
 FORMAT = 1
@@ -110,11 +110,9 @@ def write(arrays: dict[str, Array], f: BinaryIO) -> None:
     np.savez(f, allow_pickle=False, **named)
 
 
-def read(store: Path, record: dict[str, Any]) -> Checkpoint:
+def read(store: Store, record: dict[str, Any]) -> Checkpoint:
     """The checkpoint a job's record names, if its file is the one recorded (by its sha256)."""
-    content = verified_bytes(
-        checkpoint_path(store, record["file"]), record["sha256"], f"checkpoint of epoch {record['epoch']}"
-    )
+    content = store.read(checkpoint_key(record["file"]), record["sha256"], f"checkpoint of epoch {record['epoch']}")
     try:
         archive = np.load(io.BytesIO(content), allow_pickle=False)
         if not isinstance(archive, NpzFile):

@@ -19,6 +19,7 @@ Runs in the Celery parent process on its timer; it never imports TensorFlow.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -27,9 +28,9 @@ from celery import bootsteps
 
 from service import experiments, jobs
 from service.db import FINISHED_STATUSES, JobRow, JobStatus, session_scope, utcnow
-from service.queue import JobQueue
+from service.queue import ANNOUNCE_SECONDS, JobQueue
 from service.settings import Settings, get_settings
-from service.store import checkpoint_files, remove_checkpoint
+from service.store import checkpoint_files, model_store, remove_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +52,19 @@ CANDIDATES_PER_ROUND = 500
 def reconcile(settings: Settings, queue: JobQueue) -> Report:
     report = Report()
     now = utcnow()
+    pools: dict[str, str | None] = {}
     with session_scope(settings.database_url) as session:
         for job in jobs.orphaned_jobs(session=session, now=now):
             outcome = jobs.release_orphan(session=session, job=job, max_attempts=settings.max_attempts)
             if outcome == JobStatus.QUEUED:
                 report.requeued.append(job.id)
+                pools[job.id] = job.pool
             elif outcome == JobStatus.FAILED:
                 report.failed.append(job.id)
             elif outcome == JobStatus.CANCELLED:
                 report.cancelled.append(job.id)
     for job_id in report.requeued:
-        _send(settings, queue, job_id)
+        _send(settings, queue, job_id, pools[job_id])
 
     # A message takes a moment between the job row's commit and the broker: only look at older ones.
     grace = timedelta(seconds=settings.lease_seconds)
@@ -74,7 +77,7 @@ def reconcile(settings: Settings, queue: JobQueue) -> Report:
         with session_scope(settings.database_url) as session:
             if not jobs.claim_redispatch(session=session, job=job):
                 continue
-        queue.send(job.id)
+        queue.send(job.id, job.pool)
         report.redispatched.append(job.id)
     report.swept = sweep_checkpoints(settings)
     with session_scope(settings.database_url) as session:
@@ -90,7 +93,7 @@ def reconcile(settings: Settings, queue: JobQueue) -> Report:
 def sweep_checkpoints(settings: Settings) -> list[str]:
     """Remove the checkpoint files no attempt will resume from; returns their names. A round costs what the
     checkpoints directory holds (a file per running job, about), never what the history does."""
-    store = settings.model_store
+    store = model_store(settings)
     # Listed before the jobs are read: a file listed was written before its job's row is read, so a row that does
     # not name it was not about to (but for the attempt that runs the job now, which is left alone).
     owners = checkpoint_files(store)
@@ -121,8 +124,8 @@ def _resumable(name: str, attempt: int, job: JobRow | None) -> bool:
     return job.status == JobStatus.RUNNING and attempt >= job.attempts
 
 
-def _send(settings: Settings, queue: JobQueue, job_id: str) -> None:
-    queue.send(job_id)
+def _send(settings: Settings, queue: JobQueue, job_id: str, pool: str | None) -> None:
+    queue.send(job_id, pool)
     with session_scope(settings.database_url) as session:
         jobs.mark_dispatched(session=session, job_id=job_id)
 
@@ -153,3 +156,46 @@ class Reconciler(bootsteps.StartStopStep):  # type: ignore[misc]
             reconcile(self.settings, self.queue)
         except Exception:
             log.exception("reconciler: this round failed; the next one will try again")
+
+
+class Presence(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Announces, every few seconds, the pools whose jobs this worker takes, so that the API can tell a job no
+    worker will take. On a thread of its own: a reconciler round stuck on an unreachable database never holds it
+    up (and a worker cut off from Redis simply stops counting once its announcement runs out)."""
+
+    requires = ("celery.worker.components:Timer",)
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self.settings = get_settings()
+        self.pools = self.settings.pools
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, worker: Any) -> None:
+        queue = JobQueue(self.settings, worker.app)
+        self._thread = threading.Thread(
+            target=self._announce, args=(queue, worker.hostname), name="presence", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, worker: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def _announce(self, queue: JobQueue, name: str) -> None:
+        while True:
+            try:
+                queue.announce(name, self.pools)
+            except Exception:
+                log.warning("could not announce this worker's pools; trying again in %.0f s", ANNOUNCE_SECONDS)
+            if self._stop.wait(ANNOUNCE_SECONDS):
+                break
+        try:
+            queue.withdraw(name, self.pools)
+        except Exception:
+            log.warning("could not withdraw this worker's pools; its announcement runs out by itself")
+        finally:
+            queue.close()

@@ -10,6 +10,7 @@ before its checkpoint is recorded: an attempt that resumes from that checkpoint 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -20,7 +21,8 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf import json_format
 
-from service.tensorboard import RUNS, attempt_of, event_file_name, event_files, job_dir
+from service.store import Store
+from service.tensorboard import RUNS, attempt_of, event_file_name, event_files, job_prefix
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +119,19 @@ def read_events(path: Path) -> Iterator[Any]:
 
 class TensorBoardLog(keras.callbacks.Callback):  # type: ignore[misc]
     """Writes each epoch this attempt recorded on the job (``recorded(epoch)``), before its checkpoint is saved;
-    weight histograms every ``histogram_freq`` epochs, as ``keras.callbacks.TensorBoard(histogram_freq=...)``."""
+    weight histograms every ``histogram_freq`` epochs, as ``keras.callbacks.TensorBoard(histogram_freq=...)``.
 
-    def __init__(self, store: Path, job_id: str, attempt: int, histogram_freq: int, recorded: Any) -> None:
+    In a local store the files are written in place; for an object store they are written in ``staging`` on local
+    disk and each is stored again, whole, after every epoch (event files hold a few numbers per epoch)."""
+
+    def __init__(
+        self, store: Store, staging: Path, job_id: str, attempt: int, histogram_freq: int, recorded: Any
+    ) -> None:
         super().__init__()
-        self.directory = job_dir(store, job_id)
+        self.prefix = job_prefix(job_id)
+        in_place = store.local_directory(self.prefix)
+        self.uploads = in_place is None
+        self.directory = staging / job_id if in_place is None else in_place
         self.store = store
         self.job_id = job_id
         self.attempt = attempt
@@ -142,11 +152,11 @@ class TensorBoardLog(keras.callbacks.Callback):  # type: ignore[misc]
         sources = event_files(self.store, self.job_id)
         carried: dict[str, EventFile] = {}
         found: set[tuple[str, int]] = set()
-        for run, paths in sources.items():
-            for path in paths:
-                if attempt_of(path.name) != from_attempt:
+        for run, names in sources.items():
+            for name in names:
+                if attempt_of(name) != from_attempt:
                     continue
-                for event in read_events(path):
+                for event in read_events(self._readable(run, name)):
                     if not event.HasField("summary") or event.step >= epochs:
                         continue
                     if run not in carried:
@@ -160,8 +170,9 @@ class TensorBoardLog(keras.callbacks.Callback):  # type: ignore[misc]
                     if run not in carried:
                         carried[run] = EventFile(self.directory / run / event_file_name(self.started, self.attempt, 0))
                     carried[run].summary(step, values)
-        for file in carried.values():
+        for run, file in carried.items():
             file.close()
+            self._upload(run, file)
         missing = sorted({step + 1 for run, step in _expected(history[:epochs]) - found})
         if missing:
             log.warning(
@@ -170,10 +181,22 @@ class TensorBoardLog(keras.callbacks.Callback):  # type: ignore[misc]
 
     def remove_others(self) -> None:
         """Remove the event files of every other attempt at this job."""
-        for paths in event_files(self.store, self.job_id).values():
-            for path in paths:
-                if attempt_of(path.name) != self.attempt:
-                    path.unlink(missing_ok=True)
+        for run, names in event_files(self.store, self.job_id).items():
+            for name in names:
+                if attempt_of(name) != self.attempt:
+                    self.store.delete(f"{self.prefix}/{run}/{name}")
+
+    def _readable(self, run: str, name: str) -> Path:
+        """A local path of a stored event file: where it is in a local store, else a copy fetched into staging."""
+        path = self.directory / run / name
+        if self.uploads:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(self.store.unchecked(f"{self.prefix}/{run}/{name}"))
+        return path
+
+    def _upload(self, run: str, file: EventFile) -> None:
+        if self.uploads:
+            self.store.put_file(f"{self.prefix}/{run}/{file.path.name}", file.path)
 
     def _file(self, run: str) -> EventFile:
         file = self.files.get(run)
@@ -197,15 +220,18 @@ class TensorBoardLog(keras.callbacks.Callback):  # type: ignore[misc]
                 ]
                 if histograms:
                     self._file("train").summary(epoch, histograms)
-            for file in self.files.values():
+            for run, file in self.files.items():
                 file.flush()
-        except OSError:
+                self._upload(run, file)
+        except Exception:  # a full disk, an object store out of reach: logs are not worth a job
             log.exception("job %s: could not write TensorBoard's epoch %d; training goes on", self.job_id, epoch + 1)
 
     def close(self) -> None:
         for file in self.files.values():
             file.close()
         self.files.clear()
+        if self.uploads:  # every file is in the store by now
+            shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def _expected(history: list[dict[str, float]]) -> set[tuple[str, int]]:

@@ -18,19 +18,21 @@ import tempfile
 import threading
 import time
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import keras
 import numpy as np
 from billiard.exceptions import SoftTimeLimitExceeded
 from sklearn.model_selection import train_test_split
+from sqlalchemy.orm import Session
 
 from service import exports, jobs
 from service.datasets.builtin import DatasetInfo, DatasetUnavailableError, LoadedDataset
 from service.datasets.loading import load_training_data
-from service.db import ModelRow, new_id, session_scope
+from service.db import ModelRow, new_id, retried, session_scope
 from service.keras_build import (
     build_model,
     compile_model,
@@ -46,10 +48,9 @@ from service.spec import CheckpointCallback, EarlyStoppingCallback, TrainRequest
 from service.store import (
     StoreError,
     checkpoint_name,
-    model_path,
-    publish,
+    model_key,
+    model_store,
     remove_checkpoint,
-    temporary_path,
     write_checkpoint,
 )
 from worker import checkpoints
@@ -57,6 +58,7 @@ from worker.tensorboard import TensorBoardLog
 from worker.trials import TrialPruning, trial_pruning
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -177,8 +179,9 @@ class EpochReporter(keras.callbacks.Callback):  # type: ignore[misc]
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         seconds = time.monotonic() - self.started
         run = self.run
-        with session_scope(run.settings.database_url) as session:
-            recorded = jobs.record_epoch(
+        recorded = run.write(
+            f"epoch {epoch + 1}",
+            lambda session: jobs.record_epoch(
                 session=session,
                 job_id=run.job_id,
                 worker_id=run.worker_id,
@@ -186,7 +189,8 @@ class EpochReporter(keras.callbacks.Callback):  # type: ignore[misc]
                 epoch=epoch + 1,
                 metrics=_finite(logs),
                 seconds=seconds,
-            )
+            ),
+        )
         if recorded:
             run.recorded_epoch = epoch + 1
             if run.mlflow is not None:
@@ -249,16 +253,18 @@ class EpochCheckpoint(keras.callbacks.Callback):  # type: ignore[misc]
         if record is None:
             return 0
         try:
-            checkpoint = checkpoints.read(run.settings.model_store, record)
+            checkpoint = checkpoints.read(model_store(run.settings), record)
             checkpoints.restore_model(model, checkpoint, self.callbacks)
         except (StoreError, checkpoints.CheckpointError) as exc:
             log.warning("job %s: cannot resume after epoch %s, it starts over: %s", run.job_id, record["epoch"], exc)
-            with session_scope(run.settings.database_url) as session:
-                if not jobs.start_over(
+            if not run.write(
+                "start over",
+                lambda session: jobs.start_over(
                     session=session, job_id=run.job_id, worker_id=run.worker_id, attempt=run.attempt
-                ):
-                    raise JobStoppedError("lost") from None
-            remove_checkpoint(run.settings.model_store, record["file"])
+                ),
+            ):
+                raise JobStoppedError("lost") from None
+            remove_checkpoint(model_store(run.settings), record["file"])
             run.checkpoint = run.resumed_from = None
             return 0
         self.resumed = checkpoint
@@ -282,8 +288,9 @@ class EpochCheckpoint(keras.callbacks.Callback):  # type: ignore[misc]
         run = self.run
         settings = run.settings
         size = checkpoints.expected_bytes(self.model, self.callbacks)
-        with session_scope(settings.database_url) as session:
-            taken = jobs.checkpoint_bytes(session=session, excluding=run.job_id)
+        taken = run.write(
+            "checkpoint quota", lambda session: jobs.checkpoint_bytes(session=session, excluding=run.job_id)
+        )
         if taken + size > settings.checkpoint_quota_bytes:
             if not self._over_quota:
                 log.warning(
@@ -301,7 +308,7 @@ class EpochCheckpoint(keras.callbacks.Callback):  # type: ignore[misc]
         arrays = checkpoints.capture(
             self.model, self.callbacks, epoch=epoch, history=self.history, stopped=stopped
         ).arrays()
-        store = settings.model_store
+        store = model_store(settings)
         name = checkpoint_name(run.job_id, run.attempt, epoch)
         try:
             sha256, written = write_checkpoint(store, name, lambda f: checkpoints.write(arrays, f))
@@ -317,10 +324,12 @@ class EpochCheckpoint(keras.callbacks.Callback):  # type: ignore[misc]
             "size_bytes": written,
             "resumed_from_epoch": run.resumed_from,
         }
-        with session_scope(settings.database_url) as session:
-            recorded = jobs.record_checkpoint(
+        recorded = run.write(
+            f"checkpoint of epoch {epoch}",
+            lambda session: jobs.record_checkpoint(
                 session=session, job_id=run.job_id, worker_id=run.worker_id, attempt=run.attempt, checkpoint=record
-            )
+            ),
+        )
         if not recorded:
             remove_checkpoint(store, name)
             run.request_stop("lost")
@@ -370,7 +379,8 @@ class Callbacks:
         # Outside the checkpoint's callbacks (whose state it keeps), but before it: an epoch is on disk before its
         # checkpoint is recorded.
         tensorboard = TensorBoardLog(
-            run.settings.model_store,
+            model_store(run.settings),
+            run.settings.home / "tensorboard-staging",
             run.job_id,
             run.attempt,
             request.fit.tensorboard.histogram_freq,
@@ -523,6 +533,13 @@ class JobRun:
                 self.request_stop("lost")
                 return
 
+    def write(self, what: str, write: Callable[[Session], T]) -> T:
+        """A write (or read) of this run's, tried again while the database is unreachable (``db.retried``)."""
+        settings = self.settings
+        return retried(
+            settings.database_url, write, what=f"job {self.job_id}: {what}", seconds=settings.database_retry_seconds
+        )
+
     def check(self) -> None:
         """Raise JobStoppedError if training must stop (or has stopped) early."""
         if self.stop_reason is None and time.monotonic() > self.deadline:
@@ -650,20 +667,22 @@ def _mlflow_run(
 def _ended(run: JobRun) -> None:
     """This attempt has ended the job: its checkpoint file goes (the record no longer names it)."""
     if run.checkpoint is not None:
-        remove_checkpoint(run.settings.model_store, run.checkpoint["file"])
+        remove_checkpoint(model_store(run.settings), run.checkpoint["file"])
         run.checkpoint = None
 
 
 def _stopped(run: JobRun, reason: str) -> str:
     if reason == "cancelled":
-        with session_scope(run.settings.database_url) as session:
-            cancelled = jobs.finish_cancelled(
+        cancelled = run.write(
+            "cancelled",
+            lambda session: jobs.finish_cancelled(
                 session=session,
                 job_id=run.job_id,
                 worker_id=run.worker_id,
                 attempt=run.attempt,
                 resumed_from_epoch=run.resumed_from,
-            )
+            ),
+        )
         if cancelled:
             _ended(run)
             if run.mlflow is not None:
@@ -678,8 +697,9 @@ def _stopped(run: JobRun, reason: str) -> str:
 
 
 def _fail(run: JobRun, error_type: str, message: str) -> str:
-    with session_scope(run.settings.database_url) as session:
-        failed = jobs.fail_job(
+    failed = run.write(
+        "failed",
+        lambda session: jobs.fail_job(
             session=session,
             job_id=run.job_id,
             worker_id=run.worker_id,
@@ -687,7 +707,8 @@ def _fail(run: JobRun, error_type: str, message: str) -> str:
             error_type=error_type,
             message=message,
             resumed_from_epoch=run.resumed_from,
-        )
+        ),
+    )
     if failed:
         _ended(run)
         if run.mlflow is not None:
@@ -718,15 +739,17 @@ def _train(run: JobRun, request: TrainRequest) -> str:
     model = runnable_model(request.model, display)
     execution = compile_model(model, request.compile, request.fit, rows=len(splits.x_train))
     model.train_step = types.MethodType(train_step, model)
-    with session_scope(settings.database_url) as session:
-        if not jobs.record_execution(
+    if not run.write(
+        "execution",
+        lambda session: jobs.record_execution(
             session=session,
             job_id=job_id,
             worker_id=run.worker_id,
             attempt=run.attempt,
             execution=dataclasses.asdict(execution),
-        ):
-            raise JobStoppedError("lost")
+        ),
+    ):
+        raise JobStoppedError("lost")
     log.info("job %s: %d steps per execution, XLA %s", job_id, execution.steps_per_execution, execution.jit_compile)
     with tempfile.TemporaryDirectory(prefix="trainserve-job-") as scratch:
         callbacks = Callbacks.build(request, run, Path(scratch))
@@ -771,13 +794,14 @@ def _train(run: JobRun, request: TrainRequest) -> str:
     metrics = _finite(history[published - 1]) if published else {}
 
     model_id = new_id()
-    store = settings.model_store
-    temp = temporary_path(store)
-    final = model_path(store, model_id)
-    made: list[Path] = [final]
+    store = model_store(settings)
+    final = model_key(model_id)
+    made: list[str] = [final]
     try:
-        model.save(temp)
-        sha256 = publish(temp, final)
+        with tempfile.TemporaryDirectory(prefix="trainserve-model-") as scratch:
+            saved = Path(scratch) / final
+            model.save(saved)
+            sha256, size = store.put_file(final, saved), saved.stat().st_size
         exported = exports.write_exports(
             model,
             store=store,
@@ -799,15 +823,16 @@ def _train(run: JobRun, request: TrainRequest) -> str:
             evaluation=evaluation,
             summary=summary,
             keras_names={"model": model.name, "layers": [layer.name for layer in model.layers]},
-            path=final.name,
+            path=final,
             sha256=sha256,
-            size_bytes=final.stat().st_size,
+            size_bytes=size,
             litert=exported.litert,
             exports=exported.exports,
             text=info.text,
         )
-        with session_scope(settings.database_url) as session:
-            published = jobs.complete_job(
+        published = run.write(
+            "succeeded",
+            lambda session: jobs.complete_job(
                 session=session,
                 job_id=job_id,
                 worker_id=run.worker_id,
@@ -816,19 +841,22 @@ def _train(run: JobRun, request: TrainRequest) -> str:
                 evaluation=evaluation,
                 training=outcome,
                 resumed_from_epoch=run.resumed_from,
-            )
+            ),
+        )
     except BaseException:
-        for path in made:
-            path.unlink(missing_ok=True)
+        for key in made:
+            store.delete(key)
         raise
-    finally:
-        temp.unlink(missing_ok=True)
     if not published:
         # Cancelled while saving, or no longer this worker's job: keep no model for it.
-        for path in made:
-            path.unlink(missing_ok=True)
-        with session_scope(settings.database_url) as session:
-            ours = jobs.still_holds(session=session, job_id=job_id, worker_id=run.worker_id, attempt=run.attempt)
+        for key in made:
+            store.delete(key)
+        ours = run.write(
+            "still holds",
+            lambda session: jobs.still_holds(
+                session=session, job_id=job_id, worker_id=run.worker_id, attempt=run.attempt
+            ),
+        )
         log.warning("job %s: model discarded, the job was %s meanwhile", job_id, "cancelled" if ours else "taken over")
         return _stopped(run, "cancelled" if ours else "lost")
     _ended(run)

@@ -88,7 +88,6 @@ def create_app(settings: Settings | None = None) -> TrainServeApp:
         # Load Keras now (a few seconds) rather than in the first request's dry build.
         await run_in_threadpool(importlib.import_module, "service.keras_build")
         _settle_heap()
-        settings.model_store.mkdir(parents=True, exist_ok=True)
         if not settings.redis_url:
             log.warning("TRAINSERVE_REDIS_URL is not set: jobs cannot be queued")
         app.state.ingests = datasets.Ingests(settings.max_concurrent_ingests)

@@ -23,10 +23,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import Match, Route
 
+from service.db import UNREACHABLE
 from service.serving.codecs import shared, tfserving, v2
 from service.serving.errors import (
     InvalidInputError,
     ModelNotFoundError,
+    ServiceUnavailableError,
     ServingError,
     StoreIntegrityError,
     TooManyInstancesError,
@@ -132,6 +134,7 @@ SERVING_STATUS: dict[type[ServingError], tuple[int, str]] = {
     ModelNotFoundError: (404, "not_found"),
     TooManyInstancesError: (413, "too_many_instances"),
     StoreIntegrityError: (500, "store_error"),
+    ServiceUnavailableError: (503, "database_unavailable"),
 }
 
 
@@ -322,6 +325,14 @@ def install(app: FastAPI) -> None:
             headers = {**(exc.headers or {}), "Allow": ", ".join(allowed_methods(request))}
             exc = StarletteHTTPException(405, exc.detail, headers)
         return http_error_response(request.url.path, exc)
+
+    async def _database_unreachable(request: Request, exc: Exception) -> Response:
+        log.warning("%s %s: the database is unreachable: %s", request.method, request.url.path, exc)
+        message = "the database is unreachable; try again shortly"
+        return error_response(request.url.path, 503, "database_unavailable", message, headers={"Retry-After": "5"})
+
+    for unreachable in UNREACHABLE:
+        app.add_exception_handler(unreachable, _database_unreachable)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:

@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.db import EPOCH_BUCKET_LABELS, EpochDurationRow, JobRow, JobStatus, session_scope
+from service.jobs import queued_by_pool
 from service.queue import JobQueue
 from service.serving.batching import Histogram as BatchHistogram
 from service.serving.engine import Engine
@@ -187,6 +188,7 @@ class JobsCollector(Collector):
         with session_scope(self.settings.database_url) as session:
             counts = dict(session.execute(select(JobRow.status, func.count()).group_by(JobRow.status)).all())
             durations = {row.le: row for row in session.scalars(select(EpochDurationRow))}
+            queued = queued_by_pool(session=session)
         jobs = GaugeMetricFamily("trainserve_jobs", "Jobs by status.", labels=["status"])
         for status in JobStatus:
             jobs.add_metric([status.value], counts.get(status.value, 0))
@@ -203,19 +205,34 @@ class JobsCollector(Collector):
             buckets.append((label, float(running)))
         epochs.add_metric([], buckets, seconds)
         yield epochs
-        yield from self._queue()
+        yield from self._queue(queued)
 
-    def _queue(self) -> Iterator[Metric]:
+    def _queue(self, queued: dict[str, int]) -> Iterator[Metric]:
         if not self.settings.redis_url:
             return
         try:
-            waiting, held = self.queue.depth()
+            pools = self.queue.pools() | set(queued)
+            waiting, held = self.queue.depth(pools)
+            workers = self.queue.pool_workers(pools)
         except redis.RedisError:
             return  # the broker being down shows in /readyz; the scrape still answers
-        yield GaugeMetricFamily("trainserve_queue_waiting", "Training messages waiting in the queue.", waiting)
+        yield GaugeMetricFamily("trainserve_queue_waiting", "Training messages waiting in the queues.", waiting)
         yield GaugeMetricFamily(
             "trainserve_queue_held", "Messages workers have taken and not yet acknowledged (jobs being run).", held
         )
+        live = GaugeMetricFamily(
+            "trainserve_pool_workers", "Workers taking each pool's jobs (announced in the last 20 s).", labels=["pool"]
+        )
+        stuck = GaugeMetricFamily(
+            "trainserve_jobs_unschedulable",
+            "Queued jobs of a pool no worker takes: they wait until a worker of that pool starts.",
+            labels=["pool"],
+        )
+        for pool in sorted(pools):
+            live.add_metric([pool], workers[pool])
+            stuck.add_metric([pool], queued.get(pool, 0) if workers[pool] == 0 else 0)
+        yield live
+        yield stuck
 
 
 class Metrics:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -9,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.db import JobRow, JobStatus, ModelRow
 from service.jobs import resumed_from_epoch
+from service.settings import DEFAULT_POOL
 from service.spec import exactly_one_of
 
 if TYPE_CHECKING:
@@ -128,11 +130,22 @@ class JobRead(BaseModel):
     mlflow: MlflowJob | None = Field(
         default=None, description="Where the job is logged in MLflow, when TRAINSERVE_MLFLOW_TRACKING_URI is set."
     )
+    pool: str = Field(default=DEFAULT_POOL, description="The pool of workers it trains in (`resources`).")
+    unschedulable: str | None = Field(
+        default=None,
+        description="Why a queued job is not being taken: no worker of its pool is running. Null while one is "
+        "(or once the job runs).",
+    )
     spec: dict[str, Any]
 
     @classmethod
-    def from_row(cls, job: JobRow, history: list[dict[str, Any]]) -> JobRead:
+    def from_row(
+        cls, job: JobRow, history: list[dict[str, Any]], unschedulable: Mapping[str, str] | None = None
+    ) -> JobRead:
+        """``unschedulable``: the pools no worker takes now, with why (``JobQueue.unschedulable``)."""
         error = JobError(type=job.error_type, message=job.error_message or "") if job.error_type else None
+        pool = job.pool or DEFAULT_POOL
+        waiting = (unschedulable or {}).get(pool) if job.status == JobStatus.QUEUED else None
         return cls(
             job_id=job.id,
             name=job.name,
@@ -157,6 +170,8 @@ class JobRead(BaseModel):
                 experiment_id=job.experiment_id, number=job.trial_number or 0, params=job.trial_params or {}
             ),
             mlflow=MlflowJob(**job.mlflow) if job.mlflow else None,
+            pool=pool,
+            unschedulable=waiting,
             spec=job.spec,
         )
 

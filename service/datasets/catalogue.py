@@ -14,12 +14,10 @@ import functools
 import hashlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from sqlalchemy import func, select
@@ -38,7 +36,7 @@ from service.datasets.files import IngestLimits, Kind, ParsedDataset, UploadOpti
 from service.db import DatasetRow, JobRow, JobStatus, is_id, new_id, session_scope
 from service.settings import Settings
 from service.spec import DatasetSpec
-from service.store import publish
+from service.store import Store, dataset_store
 
 SPLITS = ("train", "test")
 
@@ -52,10 +50,10 @@ class UnknownDatasetError(Exception):
         self.problems: list[tuple[tuple[str | int, ...], str]] = [(("dataset", "id"), message)]
 
 
-def dataset_path(store: Path, dataset_id: str) -> Path:
+def dataset_key(dataset_id: str) -> str:
     if not is_id(dataset_id):
         raise ValueError(f"not a dataset id: {dataset_id!r}")
-    return store / f"{dataset_id}.npz"
+    return f"{dataset_id}.npz"
 
 
 def content_key(sha256: str, kind: Kind, options: UploadOptions) -> str:
@@ -84,20 +82,19 @@ def ingest(
         return existing, False
 
     parsed = parse(upload, kind, options, ingest_limits(settings, quota_left=settings.dataset_quota_bytes - used))
-    store = settings.dataset_store
-    store.mkdir(parents=True, exist_ok=True)
+    store = dataset_store(settings)
     dataset_id = new_id()
-    final = dataset_path(store, dataset_id)
-    fd, temp_name = tempfile.mkstemp(dir=store, prefix=".incoming-", suffix=".npz")
-    temp = Path(temp_name)
+    final = dataset_key(dataset_id)
+
+    def write(f: BinaryIO) -> None:
+        # Uncompressed, so that a few samples can be read without reading the whole file.
+        if parsed.x_test is not None and parsed.y_test is not None:
+            np.savez(f, x_train=parsed.x_train, y_train=parsed.y_train, x_test=parsed.x_test, y_test=parsed.y_test)
+        else:
+            np.savez(f, x_train=parsed.x_train, y_train=parsed.y_train)
+
     try:
-        with os.fdopen(fd, "wb") as f:
-            # Uncompressed, so that a few samples can be read without reading the whole file.
-            if parsed.x_test is not None and parsed.y_test is not None:
-                np.savez(f, x_train=parsed.x_train, y_train=parsed.y_train, x_test=parsed.x_test, y_test=parsed.y_test)
-            else:
-                np.savez(f, x_train=parsed.x_train, y_train=parsed.y_train)
-        file_sha256 = publish(temp, final)
+        file_sha256, size = store.put_with(final, write)
         row = DatasetRow(
             id=dataset_id,
             name=name,
@@ -116,9 +113,9 @@ def ingest(
                 **({"test": len(parsed.x_test)} if parsed.x_test is not None else {}),
             },
             stats={**_stats(parsed.x_train), "dtype": str(parsed.x_train.dtype)},
-            path=final.name,
+            path=final,
             file_sha256=file_sha256,
-            size_bytes=final.stat().st_size,
+            size_bytes=size,
             text=None if parsed.text is None else parsed.text.to_json(),
         )
         try:
@@ -126,17 +123,15 @@ def ingest(
                 session.add(row)
         except IntegrityError:
             # The same upload finished first in another request: that one is the dataset.
-            final.unlink(missing_ok=True)
+            store.delete(final)
             with session_scope(settings.database_url) as session:
                 existing = session.scalar(select(DatasetRow).where(DatasetRow.content_key == key))
             if existing is None:
                 raise
             return existing, False
     except BaseException:
-        final.unlink(missing_ok=True)
+        store.delete(final)
         raise
-    finally:
-        temp.unlink(missing_ok=True)
     return row, True
 
 
@@ -200,11 +195,11 @@ def jobs_using(*, session: Session, dataset_id: str) -> list[str]:
     return [job.id for job in active if (job.spec.get("dataset") or {}).get("id") == dataset_id]
 
 
-def delete_dataset(*, session: Session, row: DatasetRow, store: Path) -> None:
+def delete_dataset(*, session: Session, row: DatasetRow, store: Store) -> None:
     """Forget the dataset, then remove its file (a reader that already opened it keeps reading)."""
     session.delete(row)
     session.commit()
-    (store / row.path).unlink(missing_ok=True)
+    store.delete(row.path)
 
 
 def info_of(row: DatasetRow) -> DatasetInfo:

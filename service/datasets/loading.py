@@ -15,7 +15,7 @@ from service.datasets.catalogue import as_requested, builtin_info, get_dataset, 
 from service.db import DatasetRow, session_scope
 from service.settings import Settings
 from service.spec import DatasetSpec
-from service.store import sha256_file
+from service.store import Store, StoreError, dataset_store
 
 
 def load_training_data(spec: DatasetSpec, settings: Settings) -> tuple[DatasetInfo, LoadedDataset]:
@@ -28,11 +28,10 @@ def load_training_data(spec: DatasetSpec, settings: Settings) -> tuple[DatasetIn
         row = get_dataset(session=session, dataset_id=spec.id)
     if row is None:
         raise DatasetUnavailableError(f"uploaded dataset {spec.id} no longer exists (it was deleted)")
-    path = settings.dataset_store / row.path
-    if not path.is_file():
-        raise DatasetUnavailableError(f"the file of dataset {row.id} is missing from {settings.dataset_store}")
-    if sha256_file(path) != row.file_sha256:
-        raise DatasetUnavailableError(f"the file of dataset {row.id} does not match the sha256 recorded at upload")
+    try:
+        path = dataset_store(settings).local(row.path, row.file_sha256, f"file of dataset {row.id}")
+    except StoreError as exc:
+        raise DatasetUnavailableError(str(exc)) from exc
     with np.load(path, allow_pickle=False) as npz:
         has_test = "x_test" in npz.files
         data = LoadedDataset(
@@ -41,9 +40,9 @@ def load_training_data(spec: DatasetSpec, settings: Settings) -> tuple[DatasetIn
     return as_requested(info_of(row), spec), data
 
 
-def stored_split(row: DatasetRow, store: Path, split: str) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-    """One split's inputs and labels, memory-mapped: reading a few rows reads only those rows."""
-    path = store / row.path
+def stored_split(row: DatasetRow, store: Store, split: str) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """One split's inputs and labels, memory-mapped: reading a few rows of a local file reads only those rows."""
+    path = store.local(row.path, row.file_sha256, f"file of dataset {row.id}", verify=False)
     return _npz_member(path, f"x_{split}"), _npz_member(path, f"y_{split}")
 
 

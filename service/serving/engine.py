@@ -16,21 +16,25 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
 from service import registry
 from service.datasets.text import TextEncoding
-from service.db import ModelRow, session_factory
+from service.db import UNREACHABLE, ModelRow, session_factory
 from service.registry import ModelRef
 from service.serving.batching import Batcher, BatchStats
-from service.serving.errors import ModelNotFoundError, StoreIntegrityError, TooManyInstancesError
+from service.serving.errors import (
+    ModelNotFoundError,
+    ServiceUnavailableError,
+    StoreIntegrityError,
+    TooManyInstancesError,
+)
 from service.serving.litert import LITERT_OFF, NO_FLATBUFFER
 from service.serving.model_call import ModelCall, RuntimeMode, load_model_call
 from service.settings import Settings
-from service.store import StoreError, litert_path, verified_bytes, verified_path
+from service.store import Store, StoreError, litert_key, model_key, model_store
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +113,7 @@ class ModelCache:
     def __init__(
         self,
         *,
-        store: Path,
+        store: Store,
         capacity: int,
         max_bytes: int,
         make_batcher: Callable[[ModelInfo, ModelCall], Batcher],
@@ -179,7 +183,7 @@ class ModelCache:
 
     def _load_sync(self, info: ModelInfo) -> ModelCall:
         try:
-            path = verified_path(self.store, info.model_id, info.sha256)
+            path = self.store.local(model_key(info.model_id), info.sha256, f"file of model {info.model_id}")
         except StoreError as exc:
             self.integrity_failures["keras"] += 1
             raise StoreIntegrityError(str(exc)) from exc
@@ -209,8 +213,8 @@ class ModelCache:
         if info.litert_sha256 is None:
             return None, NO_FLATBUFFER
         try:
-            return verified_bytes(
-                litert_path(self.store, info.model_id), info.litert_sha256, f"flatbuffer of model {info.model_id}"
+            return self.store.read(
+                litert_key(info.model_id), info.litert_sha256, f"flatbuffer of model {info.model_id}"
             ), None
         except StoreError as exc:
             self.integrity_failures["litert"] += 1
@@ -236,7 +240,7 @@ class Engine:
         # XLA compilations of the loaded models' batch sizes, one at a time, in the background.
         self.compiler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compile")
         self.cache = ModelCache(
-            store=settings.model_store,
+            store=model_store(settings),
             capacity=settings.predict_cache_size,
             max_bytes=settings.predict_cache_bytes,
             make_batcher=self._make_batcher,
@@ -277,14 +281,20 @@ class Engine:
 
     async def find(self, ref: ModelRef) -> ModelInfo:
         """The record a reference names, from the database."""
-        info = await asyncio.to_thread(self._find_sync, ref)
+        try:
+            info = await asyncio.to_thread(self._find_sync, ref)
+        except UNREACHABLE as exc:
+            raise ServiceUnavailableError("the database is unreachable; try again shortly") from exc
         if info is None:
             raise ModelNotFoundError(not_found_message(ref))
         return info
 
     async def versions(self, name: str) -> list[ModelInfo]:
         """Every version of a name, newest first (empty if there is no such name)."""
-        return await asyncio.to_thread(self._versions_sync, name)
+        try:
+            return await asyncio.to_thread(self._versions_sync, name)
+        except UNREACHABLE as exc:
+            raise ServiceUnavailableError("the database is unreachable; try again shortly") from exc
 
     def _find_sync(self, ref: ModelRef) -> ModelInfo | None:
         with session_factory(self.settings.database_url)() as session:

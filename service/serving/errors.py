@@ -30,3 +30,8 @@ class TooManyInstancesError(ServingError):
 
 class StoreIntegrityError(ServingError):
     """The model's stored file is missing, or is not the file that was saved (its sha256 differs)."""
+
+
+class ServiceUnavailableError(ServingError):
+    """The database that names the models cannot be reached now (a restart, say); models already loaded still
+    answer."""

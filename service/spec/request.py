@@ -19,6 +19,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from service.datasets.builtin import BUILTIN_DATASETS, SEQUENCE_DATASETS
+from service.settings import DEFAULT_POOL, POOL_PATTERN
 from service.spec.base import (
     _METRIC_CLASSES,
     BINARY_LOSSES,
@@ -327,12 +328,39 @@ class FitSpec(Strict):
     )
 
 
+PoolName = Annotated[str, StringConstraints(pattern=POOL_PATTERN)]
+
+
+class ResourcesSpec(Strict):
+    """Where the job may train: the workers of one pool."""
+
+    pool: PoolName | None = Field(
+        default=None,
+        description="The pool of workers to train on, as `trainserve worker --pool NAME` offers it "
+        f"(lower-case letters, digits, '-' and '_'); '{DEFAULT_POOL}' when neither this nor accelerator is given.",
+    )
+    accelerator: Literal["cpu", "gpu"] | None = Field(
+        default=None,
+        description="'gpu' is the pool 'gpu' (workers started with `trainserve worker --accelerator gpu`), unless "
+        "pool names another; 'cpu' is the default pool.",
+    )
+
+    @property
+    def pool_name(self) -> str:
+        if self.pool is not None:
+            return self.pool
+        return "gpu" if self.accelerator == "gpu" else DEFAULT_POOL
+
+
 class TrainRequest(Strict):
     name: JobName | None = Field(default=None, description="A name for the job and its model.")
     model: ModelSpec
     compile: CompileSpec
     dataset: DatasetSpec
     fit: FitSpec = Field(default_factory=FitSpec)
+    resources: ResourcesSpec = Field(
+        default_factory=ResourcesSpec, description="Which workers may train the job (a named pool of them)."
+    )
 
     @property
     def has_validation(self) -> bool:

@@ -10,7 +10,7 @@ from service.api.errors import ApiError, not_found, responses
 from service.api.params import DatasetId
 from service.datasets import catalogue
 from service.datasets.builtin import BUILTIN_DATASETS
-from service.store import sha256_file
+from service.store import StoreError, dataset_store
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
@@ -31,9 +31,8 @@ def download_dataset(dataset_id: DatasetId, session: SessionDep, settings: Setti
     row = catalogue.get_dataset(session=session, dataset_id=dataset_id)
     if row is None:
         raise not_found("dataset", dataset_id)
-    path = settings.dataset_store / row.path
-    if not path.is_file():
-        raise ApiError(500, "store_error", f"the file of dataset {row.id} is missing from the store")
-    if sha256_file(path) != row.file_sha256:
-        raise ApiError(500, "store_error", f"the file of dataset {row.id} does not match the sha256 recorded at upload")
+    try:
+        path = dataset_store(settings).local(row.path, row.file_sha256, f"file of dataset {row.id}")
+    except StoreError as exc:
+        raise ApiError(500, "store_error", str(exc)) from exc
     return FileResponse(path, media_type="application/octet-stream", filename=f"{row.id}.npz")

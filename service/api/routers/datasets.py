@@ -26,6 +26,7 @@ from service.datasets.builtin import BUILTIN_DATASETS
 from service.datasets.files import CHANNELS, KINDS_BY_SUFFIX, ColorMode, DatasetFileError, UploadOptions, kind_of
 from service.datasets.text import Side
 from service.db import DatasetRow
+from service.store import dataset_store
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 T = TypeVar("T")
@@ -254,7 +255,7 @@ async def upload_dataset(request: Request, response: Response, settings: Setting
     (shapes, classes, counts). The same bytes read the same way again answer 200 with the same dataset."""
     upload = await receive_upload(
         request,
-        directory=settings.dataset_store,
+        directory=settings.upload_staging,
         max_bytes=settings.max_upload_bytes,
         file_field="file",
         fields=UPLOAD_FIELDS,
@@ -369,7 +370,7 @@ def get_samples(
         row = _uploaded(session, dataset_id)
         if split not in row.splits:
             raise not_found("test split in dataset", dataset_id)
-        x, y = loading.stored_split(row, settings.dataset_store, split)
+        x, y = loading.stored_split(row, dataset_store(settings), split)
         rows, class_names, images = row.splits[split], row.class_names, row.kind == "images"
     count = min(n, rows)
     _check_answer_size(count, x, values=values, images=images, limit=settings.max_response_bytes)
@@ -435,5 +436,5 @@ def delete_dataset(dataset_id: DatasetId, session: SessionDep, settings: Setting
             f"dataset {row.id} is used by {len(using)} queued or running job(s): {', '.join(using)}; "
             f"delete it when they have finished",
         )
-    catalogue.delete_dataset(session=session, row=row, store=settings.dataset_store)
+    catalogue.delete_dataset(session=session, row=row, store=dataset_store(settings))
     return Response(status_code=204)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Literal
 from urllib.parse import quote
 
@@ -10,14 +11,17 @@ from fastapi.responses import StreamingResponse
 
 from service import jobs, script, tensorboard
 from service.api import links
-from service.api.deps import Limit, Offset, SessionDep, SettingsDep
+from service.api.deps import Limit, Offset, QueueDep, SessionDep, SettingsDep
 from service.api.errors import ApiError, item, not_found, responses, validation_error
 from service.api.params import JobId
 from service.api.schemas import JobList, JobRead
 from service.datasets import catalogue
 from service.datasets.builtin import BUILTIN_DATASETS
-from service.db import JobStatus
+from service.db import JobRow, JobStatus
+from service.queue import JobQueue
+from service.settings import DEFAULT_POOL
 from service.spec import TrainRequest
+from service.store import model_store
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -30,6 +34,7 @@ EPOCH_ROW_BYTES = 600
 def list_jobs(
     session: SessionDep,
     settings: SettingsDep,
+    queue: QueueDep,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
     limit: Limit = 50,
     offset: Offset = 0,
@@ -58,7 +63,14 @@ def list_jobs(
                 ]
             )
         histories = jobs.job_history(session=session, job_ids=ids)
-    return JobList(data=[JobRead.from_row(row, histories[row.id]) for row in rows], count=count)
+    waiting = _unschedulable(queue, rows)
+    return JobList(data=[JobRead.from_row(row, histories[row.id], waiting) for row in rows], count=count)
+
+
+def _unschedulable(queue: JobQueue, rows: Sequence[JobRow]) -> dict[str, str]:
+    """The pools of these jobs that no worker takes now: asked of the broker only for queued jobs."""
+    pools = {row.pool or DEFAULT_POOL for row in rows if row.status == JobStatus.QUEUED}
+    return queue.unschedulable(pools) if pools else {}
 
 
 @router.get(
@@ -66,12 +78,12 @@ def list_jobs(
     response_model=JobRead,
     responses={**responses(404), 200: {"links": links.of_model("/model_id", "/name")}},
 )
-def get_job(job_id: JobId, session: SessionDep) -> JobRead:
+def get_job(job_id: JobId, session: SessionDep, queue: QueueDep) -> JobRead:
     job = jobs.get_job(session=session, job_id=job_id)
     if job is None:
         raise not_found("job", job_id)
     history = jobs.job_history(session=session, job_ids=[job.id])
-    return JobRead.from_row(job, history[job.id])
+    return JobRead.from_row(job, history[job.id], _unschedulable(queue, [job]))
 
 
 @router.post(
@@ -153,7 +165,8 @@ def get_tensorboard(job_id: JobId, session: SessionDep, settings: SettingsDep) -
     job = jobs.get_job(session=session, job_id=job_id)
     if job is None:
         raise not_found("job", job_id)
-    files = tensorboard.served_files(settings.model_store, job.id, job.attempts)
+    store = model_store(settings)
+    files = tensorboard.served_files(store, job.id, job.attempts)
     if not files:
         if job.status == JobStatus.QUEUED:
             why = "it is queued; its logs begin when its first epoch ends"
@@ -163,4 +176,4 @@ def get_tensorboard(job_id: JobId, session: SessionDep, settings: SettingsDep) -
             why = f"it {job.status} before the end of its first epoch (or was trained before jobs wrote logs)"
         raise ApiError(409, "no_tensorboard_logs", f"job {job.id} has no TensorBoard logs yet: {why}")
     headers = {"Content-Disposition": f'attachment; filename="{job.id}-tensorboard.tar"'}
-    return StreamingResponse(tensorboard.archive(files, job.id), media_type="application/x-tar", headers=headers)
+    return StreamingResponse(tensorboard.archive(store, files, job.id), media_type="application/x-tar", headers=headers)

@@ -31,7 +31,7 @@ from service.inspection import Activations, InspectionError, Inspector, LayerWei
 from service.serving.codecs.arrays import batch_from_json, batch_from_texts
 from service.serving.engine import ModelInfo
 from service.serving.errors import InvalidInputError
-from service.store import StoreError, verified_path
+from service.store import StoreError, model_key, model_store
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -123,10 +123,10 @@ def download(
     row = _model(session, model_id)
     media_type, suffix = DOWNLOADS[format]
     filename = f"{row.id}{suffix}"
-    store = settings.model_store
+    store = model_store(settings)
     try:
         if format == "keras":
-            path = verified_path(store, row.id, row.sha256)
+            path = store.local(model_key(row.id), row.sha256, f"file of model {row.id}")
         elif format == "savedmodel":
             sha256 = exports.recorded(row.exports, format, row.id)
             archive = exports.savedmodel_archive(store, row.id, sha256, name=row.name, version=row.version)
@@ -149,7 +149,7 @@ def download(
 def _inspector(request: Request) -> Inspector:
     inspector: Inspector | None = getattr(request.app.state, "inspector", None)
     if inspector is None:
-        inspector = request.app.state.inspector = Inspector(request.app.state.settings.model_store)
+        inspector = request.app.state.inspector = Inspector(model_store(request.app.state.settings))
     return inspector
 
 

@@ -15,6 +15,7 @@ from service.registry import parse_version
 from service.serving.errors import (
     InvalidInputError,
     ModelNotFoundError,
+    ServiceUnavailableError,
     ServingError,
     StoreIntegrityError,
     TooManyInstancesError,
@@ -27,6 +28,7 @@ STATUS: dict[type[ServingError], int] = {
     InvalidInputError: 400,
     TooManyInstancesError: 413,
     StoreIntegrityError: 500,
+    ServiceUnavailableError: 503,
 }
 # The error body, as /docs shows it for each status above.
 OPENAPI_ERRORS: dict[int | str, dict[str, Any]] = {
