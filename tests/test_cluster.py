@@ -5,7 +5,9 @@ across replicas. Needs root (network namespaces); CI runs as root."""
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -133,6 +135,17 @@ def test_the_six_optimizers_spread_over_both_workers_and_both_replicas_agree(
     assert np.allclose(np.array(tf_serving.json()["predictions"]), first, atol=1e-6)
     assert f"models/{done['published_model_id']}.keras" in object_keys(cluster, "models/")
 
+    # Its exports and a trial's TensorBoard logs, written by a worker into the object store, through the other API.
+    archive = api2.get(f"/models/{done['published_model_id']}/download", params={"format": "savedmodel"})
+    assert archive.status_code == 200, archive.text
+    with tarfile.open(fileobj=io.BytesIO(archive.content), mode="r:gz") as tar:
+        assert any(name.endswith("/saved_model.pb") for name in tar.getnames())
+    logs = api2.get(f"/jobs/{trials[0]['job_id']}/tensorboard")
+    assert logs.status_code == 200, logs.text
+    with tarfile.open(fileobj=io.BytesIO(logs.content)) as tar:
+        runs = {name.split("/")[1] for name in tar.getnames() if name.count("/") == 2}
+    assert runs == {"train", "validation"}
+
 
 def test_an_upload_through_one_replica_trains_on_a_worker_and_reads_back_through_the_other(
     cluster: ServiceCluster, api1: httpx.Client, api2: httpx.Client
@@ -224,6 +237,13 @@ def test_a_worker_cut_off_mid_epoch_is_fenced_and_the_other_resumes_the_job(
     assert (after["status"], after["attempts"], after["model_id"]) == ("succeeded", 2, job["model_id"])
     assert after["history"] == job["history"], "nothing written into the new attempt's history"
     assert len(models_of(api1, job_id)) == 1
+    # Its TensorBoard logs are the second attempt's, the epochs before the cut carried over from the first's.
+    logs = api1.get(f"/jobs/{job_id}/tensorboard")
+    assert logs.status_code == 200, logs.text
+    with tarfile.open(fileobj=io.BytesIO(logs.content)) as tar:
+        names = [name for name in tar.getnames() if ".tfevents." in name]
+    assert names
+    assert all(".trainserve.a2." in name for name in names), names
     # The checkpoints of both attempts go: the winner's when the job ends, the cut-off one's by a reconciler.
     wait_until(
         lambda: not [key for key in object_keys(cluster, "checkpoints/") if job_id in key],

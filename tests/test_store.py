@@ -105,6 +105,23 @@ def test_a_failed_writer_leaves_nothing(store: Store) -> None:
     assert store.names("") == []
 
 
+def test_directories_and_files_as_they_are(store: Store) -> None:
+    """What TensorBoard's logs use: files no record names, read as they are, listed by directory."""
+    store.put_bytes("tensorboard/job-a/train/events.1", b"one")
+    store.put_bytes("tensorboard/job-b/validation/events.2", b"two")
+    assert sorted(store.directories("tensorboard")) == ["job-a", "job-b"]
+    assert store.names("tensorboard/job-a/train") == ["events.1"]
+    assert store.unchecked("tensorboard/job-b/validation/events.2") == b"two"
+    with pytest.raises(FileNotFoundError):
+        store.unchecked("tensorboard/job-c/train/events.3")
+    local = store.local_directory("tensorboard")
+    if isinstance(store, LocalStore):
+        assert local is not None
+        assert (local / "job-a" / "train" / "events.1").read_bytes() == b"one"
+    else:
+        assert local is None
+
+
 def test_a_copy_is_a_file_of_its_own(store: Store) -> None:
     sha256 = store.put_bytes("a.keras", b"model")
     store.copy("a.keras", "b.keras")
