@@ -293,21 +293,20 @@ class ObjectStore(Store):
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self._full(key))
 
-    def names(self, directory: str) -> list[str]:
+    def _listing(self, directory: str, kind: str) -> list[str]:
+        """The names of the entries of one kind (``file``, ``directory``) in ``directory``."""
         path = self._full(directory) if directory else self.root
         try:
             entries = self.fs.ls(path, detail=True, refresh=True)
         except FileNotFoundError:
             return []
-        return [entry["name"].rsplit("/", 1)[-1] for entry in entries if entry.get("type") == "file"]
+        return [entry["name"].rstrip("/").rsplit("/", 1)[-1] for entry in entries if entry.get("type") == kind]
+
+    def names(self, directory: str) -> list[str]:
+        return self._listing(directory, "file")
 
     def directories(self, directory: str) -> list[str]:
-        path = self._full(directory) if directory else self.root
-        try:
-            entries = self.fs.ls(path, detail=True, refresh=True)
-        except FileNotFoundError:
-            return []
-        return [entry["name"].rstrip("/").rsplit("/", 1)[-1] for entry in entries if entry.get("type") == "directory"]
+        return self._listing(directory, "directory")
 
     def size(self, key: str) -> int:
         return int(self.fs.size(self._full(key)))

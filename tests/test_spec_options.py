@@ -195,6 +195,9 @@ def test_what_a_keras_learner_reads(options: dict[str, Any]) -> None:
     assert {field["name"] for field in options["dataset"]} >= {"name", "id", "rescale", "test_size", "reshape"}
     assert [field["name"] for field in options["request"]] == ["name"]
     assert options["request"][0]["max_length"] == 200
+    resources = {field["name"]: field for field in options["resources"]}
+    assert resources["accelerator"]["choices"] == ["cpu", "gpu"]
+    assert resources["pool"]["default"] is None
 
 
 def test_the_datasets_a_job_can_use(app: TestClient, options: dict[str, Any], keras_cache: Path) -> None:

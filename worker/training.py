@@ -486,6 +486,8 @@ class JobRun:
         self.recorded_epoch = 0
         # The job's MLflow run, when TRAINSERVE_MLFLOW_TRACKING_URI is set.
         self.mlflow: Any = None
+        # The attempt's own local directory (the saved model, until MLflow has read it), from its claim on.
+        self.scratch: Path | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._keep_lease, name=f"lease-{job_id}", daemon=True)
 
@@ -617,6 +619,9 @@ def _run_job(job_id: str, settings: Settings) -> str:
     run.start()
     if settings.mlflow_tracking_uri:
         run.mlflow = _mlflow_run(run, request, mlflow_record, trial)
+    # The attempt's local files (the saved model, before and after it is stored), until MLflow has read them.
+    scratch = tempfile.TemporaryDirectory(prefix="trainserve-job-")
+    run.scratch = Path(scratch.name)
     try:
         return _train(run, request)
     except JobStoppedError as stop:
@@ -634,6 +639,7 @@ def _run_job(job_id: str, settings: Settings) -> str:
         run.stop()
         if run.mlflow is not None:
             run.mlflow.close(settings.mlflow_timeout)
+        scratch.cleanup()
         keras.backend.clear_session()
 
 
@@ -797,11 +803,11 @@ def _train(run: JobRun, request: TrainRequest) -> str:
     store = model_store(settings)
     final = model_key(model_id)
     made: list[str] = [final]
+    assert run.scratch is not None  # made when the job was claimed
+    saved = run.scratch / final
     try:
-        with tempfile.TemporaryDirectory(prefix="trainserve-model-") as scratch:
-            saved = Path(scratch) / final
-            model.save(saved)
-            sha256, size = store.put_file(final, saved), saved.stat().st_size
+        model.save(saved)
+        sha256, size = store.put_file(final, saved), saved.stat().st_size
         exported = exports.write_exports(
             model,
             store=store,
@@ -862,7 +868,7 @@ def _train(run: JobRun, request: TrainRequest) -> str:
     _ended(run)
     if run.mlflow is not None:
         run.mlflow.finish(
-            "FINISHED", evaluation=evaluation, model_file=final, model=(row.id, row.name, int(row.version))
+            "FINISHED", evaluation=evaluation, model_file=saved, model=(row.id, row.name, int(row.version))
         )
     log.info("job %s succeeded: model %s", job_id, model_id)
     return "succeeded"

@@ -19,10 +19,10 @@ from service.spec.base import ACTIVATIONS, BINARY_LOSSES, LOSSES, METRICS, SPARS
 from service.spec.callbacks import CALLBACK_TYPES
 from service.spec.layers import LAYER_TYPES
 from service.spec.optimizers import OPTIMIZER_TYPES, SCHEDULE_TYPES
-from service.spec.request import CompileSpec, DatasetSpec, FitSpec, ModelSpec, TrainRequest
+from service.spec.request import CompileSpec, DatasetSpec, FitSpec, ModelSpec, ResourcesSpec, TrainRequest
 
 # The request's parts, each described in its own list.
-PARTS = ("model", "compile", "dataset", "fit")
+PARTS = ("model", "compile", "dataset", "fit", "resources")
 Section = Literal["layers", "optimizers", "schedules", "callbacks"]
 FormType = Literal["integer", "number", "boolean", "string", "choice", "list", "object"]
 # The kinds a request's parts come in, each told apart by its "type".
@@ -111,6 +111,7 @@ class SpecOptions(BaseModel):
     compile: list[FieldOption] = Field(description="The fields of `compile`.")
     dataset: list[FieldOption] = Field(description="The fields of `dataset`.")
     fit: list[FieldOption] = Field(description="The fields of `fit`.")
+    resources: list[FieldOption] = Field(description="The fields of `resources`: the pool of workers to train on.")
 
 
 def tag_of(cls: type[Strict]) -> str:
@@ -261,4 +262,5 @@ def spec_options() -> SpecOptions:
         compile=_model_fields(CompileSpec),
         dataset=_model_fields(DatasetSpec),
         fit=_model_fields(FitSpec),
+        resources=_model_fields(ResourcesSpec),
     )
