@@ -95,6 +95,7 @@ def test_a_keras_model_trains_predicts_and_comes_back(
     assert as_json.shape == (5, 10)
     assert as_json.dtype == np.float32
     np.testing.assert_allclose(as_json, as_npy, atol=1e-6)
+    np.testing.assert_allclose(client.predict(served.name, few), as_json, atol=1e-6)  # by name, from the client
     every = served.predict(digits.images)  # 115,008 values: sent and answered as .npy
     assert every.shape == (1797, 10)
     np.testing.assert_allclose(every[:5], as_json, atol=1e-6)
@@ -109,6 +110,7 @@ def test_a_keras_model_trains_predicts_and_comes_back(
     np.testing.assert_allclose(mine, as_json, atol=1e-5)
     assert mine.argmax(axis=1).tolist() == as_json.argmax(axis=1).tolist()
     assert "Trainable params: 7,510" in printed_summary(served.download())  # beside the optimizer's state
+    assert isinstance(client.download(served.id), keras.Model)
 
     axes = job.plot()
     assert [ax.get_title() for ax in axes] == ["loss", "accuracy"]

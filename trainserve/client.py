@@ -8,11 +8,14 @@ from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, cast
 
+import numpy as np
+import numpy.typing as npt
+
 from trainserve.errors import NotFoundError
 from trainserve.experiments import Experiments
 from trainserve.http import Transport
 from trainserve.jobs import Job
-from trainserve.models import Model
+from trainserve.models import Model, Wire
 from trainserve.records import JobCreated, JobRecord, ModelRecord, Page
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -147,6 +150,23 @@ class Client:
         if not found:
             raise NotFoundError(404, "not_found", f"no model {reference!r}", [])
         return Model(self, cast(ModelRecord, found[0]))
+
+    def _model(self, model: str | Model) -> Model:
+        return model if isinstance(model, Model) else self.model(model)
+
+    def predict(
+        self, model: str | Model, x: npt.ArrayLike | Sequence[str] | bytes, *, wire: Wire = "auto"
+    ) -> npt.NDArray[np.float32]:
+        """A model's outputs for a batch, NumPy in and out: ``Model.predict`` of the model a reference names."""
+        return self._model(model).predict(x, wire=wire)
+
+    def summary(self, model: str | Model) -> None:
+        """Print what ``model.summary()`` prints for the model a reference names."""
+        self._model(model).summary()
+
+    def download(self, model: str | Model, path: str | os.PathLike[str] | None = None) -> Any:
+        """The model a reference names as a loaded ``keras.Model`` (``Model.download``)."""
+        return self._model(model).download(path)
 
     def models(self, *, name: str | None = None, limit: int = 20, offset: int = 0) -> Page[Model]:
         """Trained models, newest first (GET /models); ``name`` for the versions of one name."""
