@@ -15,7 +15,8 @@ import re
 import shutil
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +33,7 @@ from tests.conftest import chapter_request, small_cnn_request
 from tests.datafiles import images_zip
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page
+    from playwright.sync_api import Browser, ConsoleMessage, Page, Response
 
 ROOT_DIR = Path(__file__).resolve().parent.parent
 CHROMIUM_ARGS = [
@@ -81,20 +82,44 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-@pytest.fixture
-def page(browser: Browser, live_url: str) -> Iterator[Page]:
-    context = browser.new_context(base_url=live_url, viewport={"width": 1280, "height": 900})
+@contextmanager
+def watched_page(
+    browser: Browser,
+    base_url: str,
+    *,
+    refused: Callable[[Response], bool] = lambda _: False,
+    logged: Callable[[str], bool] = lambda _: False,
+) -> Iterator[Page]:
+    """A fresh page that fails the test on any script error, console error or failed request but those a test
+    means to meet: the answers ``refused`` accepts, and the console errors ``logged`` accepts (Chromium logs every
+    refused request there too)."""
+    context = browser.new_context(base_url=base_url, viewport={"width": 1280, "height": 900})
     context.set_default_timeout(30_000)
     opened = context.new_page()
     problems: list[str] = []
+
+    def answered(response: Response) -> None:
+        if response.status >= 400 and not refused(response):
+            problems.append(f"{response.status} {response.url}")
+
+    def console(message: ConsoleMessage) -> None:
+        if message.type == "error" and not logged(message.text):
+            problems.append(message.text)
+
     opened.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-    opened.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
-    opened.on("response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    opened.on("console", console)
+    opened.on("response", answered)
     try:
         yield opened
     finally:
         context.close()
     assert not problems, problems
+
+
+@pytest.fixture
+def page(browser: Browser, live_url: str) -> Iterator[Page]:
+    with watched_page(browser, live_url) as opened:
+        yield opened
 
 
 @pytest.fixture(scope="module")

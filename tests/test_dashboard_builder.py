@@ -26,7 +26,7 @@ from tests import test_dashboard
 from tests.conftest import WorkerProcess, settings_env
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, ConsoleMessage, Page, Response
+    from playwright.sync_api import Browser, Page, Response
 
 pytestmark = pytest.mark.slow
 
@@ -64,34 +64,16 @@ def _expected(response: Response) -> bool:
     return response.status == 401 and "authorization" not in response.request.headers
 
 
+def _logged(text: str) -> bool:
+    """The console errors of those refusals, and the router's of the page it could not show without a key."""
+    return "status of 422" in text or "status of 401" in text or "needs an API key" in text
+
+
 @pytest.fixture
 def page(browser: Browser, keyed_url: str) -> Iterator[Page]:
-    """A fresh page that fails the test on any script error, console error or failed request but those expected."""
-    context = browser.new_context(base_url=keyed_url, viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(30_000)
-    opened = context.new_page()
-    problems: list[str] = []
-
-    def answered(response: Response) -> None:
-        if response.status >= 400 and not _expected(response):
-            problems.append(f"{response.status} {response.url}")
-
-    def logged(message: ConsoleMessage) -> None:
-        # Chromium logs every refused request on the console too (checked in `answered`), and the router logs the
-        # page it could not show without a key.
-        text = message.text
-        expected = "status of 422" in text or "status of 401" in text or "needs an API key" in text
-        if message.type == "error" and not expected:
-            problems.append(text)
-
-    opened.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-    opened.on("console", logged)
-    opened.on("response", answered)
-    try:
+    """A fresh page that fails the test on any error but those expected."""
+    with test_dashboard.watched_page(browser, keyed_url, refused=_expected, logged=_logged) as opened:
         yield opened
-    finally:
-        context.close()
-    assert not problems, problems
 
 
 def settled(page: Page) -> str:

@@ -23,7 +23,7 @@ from tests import test_dashboard
 from tests.conftest import chapter_request
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, ConsoleMessage, Page, Response
+    from playwright.sync_api import Browser, Page, Response
 
 pytestmark = pytest.mark.slow
 
@@ -51,30 +51,11 @@ def _refused_on_purpose(response: Response) -> bool:
 
 @pytest.fixture
 def page(browser: Browser, live_url: str) -> Iterator[Page]:
-    """A fresh page that fails the test on any script error, console error or failed request but the one refusal
-    the form is meant to show."""
-    context = browser.new_context(base_url=live_url, viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(30_000)
-    opened = context.new_page()
-    problems: list[str] = []
-
-    def answered(response: Response) -> None:
-        if response.status >= 400 and not _refused_on_purpose(response):
-            problems.append(f"{response.status} {response.url}")
-
-    def logged(message: ConsoleMessage) -> None:
-        # Chromium logs every refused request on the console too; the refusal itself is checked in `answered`.
-        if message.type == "error" and "status of 422" not in message.text:
-            problems.append(message.text)
-
-    opened.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-    opened.on("console", logged)
-    opened.on("response", answered)
-    try:
+    """A fresh page that fails the test on any error but the one refusal the form is meant to show."""
+    with test_dashboard.watched_page(
+        browser, live_url, refused=_refused_on_purpose, logged=lambda text: "status of 422" in text
+    ) as opened:
         yield opened
-    finally:
-        context.close()
-    assert not problems, problems
 
 
 def the_state(page: Page) -> dict[str, Any]:
