@@ -129,7 +129,7 @@ def worker_ready() -> None:
     settings = get_settings()
     queue = JobQueue(settings)
     try:
-        workers = queue.announced(settings.pools)
+        workers = {name for names in queue.live_workers(settings.pools).values() for name in names}
     except Exception as exc:
         print(f"the broker cannot tell: {exc}")
         raise typer.Exit(1) from None

@@ -163,34 +163,29 @@ class JobQueue:
             if count == 0
         }
 
-    def announced(self, pools: Iterable[str]) -> set[str]:
-        """The workers whose announcement for one of these pools holds now."""
-        pipe = self.redis.pipeline()
-        for pool in sorted(set(pools)):
-            pipe.hgetall(presence_key(self.settings, pool))
-        now = time.time()
-        return {name.decode() for workers in pipe.execute() for name, until in workers.items() if float(until) > now}
-
-    def pool_workers(self, pools: Iterable[str]) -> dict[str, int]:
-        """How many workers take each pool's jobs now (announced within PRESENCE_SECONDS). Announcements that
+    def live_workers(self, pools: Iterable[str]) -> dict[str, list[str]]:
+        """The workers of each pool whose announcement holds now (made within PRESENCE_SECONDS). Announcements that
         ran out are removed on the way: a hash holds about the pool's live workers, whatever came and went."""
         wanted = sorted(set(pools))
         pipe = self.redis.pipeline()
         for pool in wanted:
             pipe.hgetall(presence_key(self.settings, pool))
         now = time.time()
-        counts: dict[str, int] = {}
+        live: dict[str, list[str]] = {}
         stale: list[tuple[str, bytes]] = []
         for pool, workers in zip(wanted, pipe.execute(), strict=True):
-            live = [name for name, until in workers.items() if float(until) > now]
-            stale += [(pool, name) for name in workers if name not in live]
-            counts[pool] = len(live)
+            live[pool] = [name.decode() for name, until in workers.items() if float(until) > now]
+            stale += [(pool, name) for name, until in workers.items() if float(until) <= now]
         if stale:
             pipe = self.redis.pipeline()
             for pool, name in stale:
                 pipe.hdel(presence_key(self.settings, pool), name)
             pipe.execute()
-        return counts
+        return live
+
+    def pool_workers(self, pools: Iterable[str]) -> dict[str, int]:
+        """How many workers take each pool's jobs now."""
+        return {pool: len(names) for pool, names in self.live_workers(pools).items()}
 
     def advance(self, experiment_id: str) -> bool:
         """Have a worker bring an experiment up to date, unless such a request is already waiting (its marker, as

@@ -363,11 +363,18 @@ class Settings(BaseSettings):
         return int(self.job_time_limit) + 600
 
 
+def is_url(location: str | Path) -> bool:
+    """Whether a store setting names an object store (``scheme://…``, but ``file://``) rather than a directory."""
+    text = str(location)
+    return re.match(r"^[a-z][a-z0-9+.-]*://", text) is not None and not text.startswith("file://")
+
+
 def _located(home: Path, location: str) -> str:
-    """A store setting as used: a URL as it is, a relative directory inside ``home`` (an absolute one as it is)."""
-    if re.match(r"^[a-z][a-z0-9+.-]*://", location):
+    """A store setting as used: a URL as it is, a directory (``file://`` or a plain path) as a path, a relative
+    one inside ``home``."""
+    if is_url(location):
         return location
-    return str(home / Path(location).expanduser())
+    return str(home / Path(location.removeprefix("file://")).expanduser())
 
 
 @lru_cache(maxsize=1)

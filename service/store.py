@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from service.db import ID_PATTERN, is_id
-from service.settings import Settings
+from service.settings import Settings, is_url
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +45,6 @@ class StoreError(Exception):
 
 TEMPORARY_PREFIX = ".incoming-"
 CHUNK = 1 << 20
-
-
-def is_url(location: str | Path) -> bool:
-    """Whether a store setting names an object store (``scheme://…``) rather than a local directory."""
-    return re.match(r"^[a-z][a-z0-9+.-]*://", str(location)) is not None and not str(location).startswith("file://")
 
 
 def sha256_file(path: Path) -> str:
@@ -150,10 +145,6 @@ class LocalStore(Store):
         return path
 
     def put_file(self, key: str, source: Path) -> str:
-        final = self.path(key)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if source.parent == final.parent and source.name.startswith(TEMPORARY_PREFIX):
-            return _publish(source, final)
         return self.put_with(key, lambda f: _copy_into(source, f))[0]
 
     def put_with(self, key: str, writer: Callable[[BinaryIO], object]) -> tuple[str, int]:
@@ -173,10 +164,6 @@ class LocalStore(Store):
             return _publish(temp, self.path(key)), size
         finally:
             temp.unlink(missing_ok=True)
-
-    def temporary_path(self, key: str) -> Path:
-        """A fresh local path beside ``key`` to write it at (then ``put_file``): saves a copy of a large file."""
-        return self._temporary(key)
 
     def local(self, key: str, sha256: str, what: str, *, verify: bool = True) -> Path:
         path = self.path(key)
@@ -394,10 +381,7 @@ def open_store(location: str, *, cache: Path, cache_bytes: int) -> Store:
     with _stores_lock:
         store = _stores.get(key)
         if store is None:
-            if is_url(location):
-                store = ObjectStore(location, cache, cache_bytes)
-            else:
-                store = LocalStore(Path(location.removeprefix("file://")))
+            store = ObjectStore(location, cache, cache_bytes) if is_url(location) else LocalStore(Path(location))
             _stores[key] = store
         return store
 

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,11 +136,13 @@ class Network:
             _run("ip", "link", "del", self.bridge)
 
 
-def wait_for(check: object, what: str, timeout: float = 60.0, process: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for(
+    check: Callable[[], bool], what: str, timeout: float = 60.0, process: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            if callable(check) and check():
+            if check():
                 return
         except Exception:  # not up yet
             pass

@@ -17,6 +17,7 @@ import pytest
 from service.keras_build import build_model
 from service.spec import CALLBACK_TYPES, LAYER_TYPES, OPTIMIZER_TYPES, SCHEDULE_TYPES, ModelSpec
 from tests.conftest import chapter_model_in_keras, printed_summary
+from tests.test_layers_keras import cnn_in_keras
 from trainserve import Client, InvalidRequestError, NotFoundError, UnreachableError, UnsupportedKerasError
 from trainserve.convert import callback_spec, compile_spec, loss_spec, metrics_spec, model_spec, optimizer_spec
 from trainserve.errors import error_from_response
@@ -46,19 +47,7 @@ def book_models() -> dict[str, keras.Model]:
                 layers.Dense(10, activation="softmax"),
             ]
         ),
-        "8-2 cnn": keras.Sequential(
-            [
-                keras.Input((28, 28, 1)),
-                layers.Conv2D(32, kernel_size=3, activation="relu", padding="same"),
-                layers.MaxPooling2D(2),
-                layers.Conv2D(64, kernel_size=(3, 3), activation="relu", padding="same"),
-                layers.MaxPooling2D(2),
-                layers.Flatten(),
-                layers.Dense(100, activation="relu"),
-                layers.Dropout(0.4),
-                layers.Dense(10, activation="softmax"),
-            ]
-        ),
+        "8-2 cnn": cnn_in_keras((28, 28, 1)),
         "9-2 one-hot simple_rnn": keras.Sequential(
             [keras.Input((100, 500)), layers.SimpleRNN(8), layers.Dense(1, activation="sigmoid")]
         ),

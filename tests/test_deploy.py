@@ -96,8 +96,7 @@ def _deployment(name: str) -> dict[str, Any]:
 
 
 def test_the_kubernetes_example_scales_without_a_shared_volume() -> None:
-    from service.settings import Settings
-    from service.store import is_url
+    from service.settings import Settings, is_url
 
     objects = kubernetes()
     assert sorted(objects) == ["ConfigMap", "Deployment", "Service"]

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from service.embedded import free_port
-from service.settings import Settings
+from service.settings import Settings, is_url
 from service.store import (
     LocalStore,
     ObjectStore,
@@ -22,7 +22,6 @@ from service.store import (
     StoreError,
     checkpoint_files,
     checkpoint_name,
-    is_url,
     open_store,
     remove_checkpoint,
     write_checkpoint,
@@ -187,6 +186,8 @@ def test_a_store_setting_is_a_directory_or_a_url(tmp_path: Path) -> None:
     assert settings.model_store == str(tmp_path.resolve() / "models")
     assert settings.dataset_store == "s3://bucket/datasets"
     assert Settings(home=tmp_path, model_store=tmp_path / "elsewhere").model_store == str(tmp_path / "elsewhere")
+    assert Settings(home=tmp_path, model_store=f"file://{tmp_path}/there").model_store == f"{tmp_path}/there"
+    assert not is_url(f"file://{tmp_path}")
     assert is_url("s3://bucket/x")
     assert is_url("gs://b")
     assert not is_url("/data/models")
