@@ -133,7 +133,8 @@ def _send(settings: Settings, queue: JobQueue, job_id: str, pool: str | None) ->
 class Reconciler(bootsteps.StartStopStep):  # type: ignore[misc]
     """Runs ``reconcile`` at worker start-up and then every ``reconcile_interval`` seconds."""
 
-    requires = ("celery.worker.components:Timer",)
+    # After the pool has forked its training processes, for the reason Presence gives.
+    requires = ("celery.worker.components:Timer", "celery.worker.components:Pool")
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
@@ -161,9 +162,14 @@ class Reconciler(bootsteps.StartStopStep):  # type: ignore[misc]
 class Presence(bootsteps.StartStopStep):  # type: ignore[misc]
     """Announces, every few seconds, the pools whose jobs this worker takes, so that the API can tell a job no
     worker will take. On a thread of its own: a reconciler round stuck on an unreachable database never holds it
-    up (and a worker cut off from Redis simply stops counting once its announcement runs out)."""
+    up (and a worker cut off from Redis simply stops counting once its announcement runs out).
 
-    requires = ("celery.worker.components:Timer",)
+    It starts once the pool has forked its training processes, and announces the first time from the thread that
+    starts it: a process forked while another thread is halfway through an import inherits that module's lock
+    held by no one, and hangs at its first import of the module (TensorFlow's, in a training process). By the
+    time the thread runs, everything it uses is imported."""
+
+    requires = ("celery.worker.components:Pool",)
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
@@ -174,6 +180,7 @@ class Presence(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def start(self, worker: Any) -> None:
         queue = JobQueue(self.settings, worker.app)
+        self._announce_once(queue, worker.hostname)
         self._thread = threading.Thread(
             target=self._announce, args=(queue, worker.hostname), name="presence", daemon=True
         )
@@ -185,14 +192,15 @@ class Presence(bootsteps.StartStopStep):  # type: ignore[misc]
             self._thread.join(timeout=5)
             self._thread = None
 
+    def _announce_once(self, queue: JobQueue, name: str) -> None:
+        try:
+            queue.announce(name, self.pools)
+        except Exception:
+            log.warning("could not announce this worker's pools; trying again in %.0f s", ANNOUNCE_SECONDS)
+
     def _announce(self, queue: JobQueue, name: str) -> None:
-        while True:
-            try:
-                queue.announce(name, self.pools)
-            except Exception:
-                log.warning("could not announce this worker's pools; trying again in %.0f s", ANNOUNCE_SECONDS)
-            if self._stop.wait(ANNOUNCE_SECONDS):
-                break
+        while not self._stop.wait(ANNOUNCE_SECONDS):
+            self._announce_once(queue, name)
         try:
             queue.withdraw(name, self.pools)
         except Exception:
